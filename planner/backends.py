@@ -1,0 +1,93 @@
+"""Solver backends behind one signature: ``solve(problem, options) -> SolveOutcome``.
+
+HiGHS (through PuLP's highspy interface) is the default; CBC (PuLP's bundled binary) is the
+alternative. Both honour a time limit and a relative gap, and on the limit return the best
+plan found so far with its bound.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pulp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SolveOptions:
+    time_limit_s: float = 60.0
+    gap: float = 1e-4
+    threads: int | None = None
+    verbose: bool = False
+
+
+@dataclass
+class SolveOutcome:
+    status: str  # "optimal" | "feasible" (limit hit, incumbent found) | "infeasible" | "no_solution"
+    objective: float | None
+    bound: float | None
+    seconds: float
+
+    @property
+    def has_solution(self) -> bool:
+        return self.status in ("optimal", "feasible")
+
+
+def _outcome(problem: pulp.LpProblem, seconds: float, bound: float | None) -> SolveOutcome:
+    sol = problem.sol_status
+    if sol == pulp.LpSolutionOptimal:
+        status = "optimal"
+    elif sol == pulp.LpSolutionIntegerFeasible:
+        status = "feasible"
+    elif problem.status == pulp.LpStatusInfeasible or sol == pulp.LpSolutionInfeasible:
+        status = "infeasible"
+    else:
+        status = "no_solution"
+    objective = pulp.value(problem.objective) if status in ("optimal", "feasible") else None
+    if status == "optimal" and bound is None:
+        bound = objective
+    return SolveOutcome(status, objective, bound, seconds)
+
+
+def solve_highs(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
+    solver = pulp.HiGHS(msg=options.verbose, timeLimit=options.time_limit_s,
+                        gapRel=options.gap, threads=options.threads)
+    t0 = time.perf_counter()
+    problem.solve(solver)
+    seconds = time.perf_counter() - t0
+    bound = None
+    try:
+        info = problem.solverModel.getInfo()
+        bound = float(info.mip_dual_bound)
+    except Exception:  # the bound is informative only
+        pass
+    return _outcome(problem, seconds, bound)
+
+
+def solve_cbc(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
+    solver = pulp.PULP_CBC_CMD(msg=options.verbose, timeLimit=options.time_limit_s,
+                               gapRel=options.gap, threads=options.threads)
+    t0 = time.perf_counter()
+    problem.solve(solver)
+    return _outcome(problem, time.perf_counter() - t0, None)
+
+
+BACKENDS: dict[str, Callable[[pulp.LpProblem, SolveOptions], SolveOutcome]] = {
+    "highs": solve_highs,
+    "cbc": solve_cbc,
+}
+
+
+def solve_problem(problem: pulp.LpProblem, backend: str, options: SolveOptions) -> SolveOutcome:
+    """Solve ``problem`` with the named backend."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown solver {backend!r}; choose one of {', '.join(BACKENDS)}")
+    log.info("solving with %s: %d variables, %d constraints, time limit %.0f s", backend,
+             len(problem.variables()), len(problem.constraints), options.time_limit_s)
+    outcome = BACKENDS[backend](problem, options)
+    log.info("%s: %s in %.2f s, objective %s, bound %s", backend, outcome.status,
+             outcome.seconds, outcome.objective, outcome.bound)
+    return outcome

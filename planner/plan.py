@@ -1,0 +1,105 @@
+"""The Plan: versioned JSON with the schedule's decisions and what they promise.
+
+A plan carries a checksum of its own content, so a truncated or hand-edited file is refused
+instead of silently running a different schedule than the one that was verified.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from profiler.ir import ProfileFormatError, read_json, write_json_atomic
+
+from .schedule import Decisions
+
+PLAN_SCHEMA_VERSION = 1
+
+
+class PlanFormatError(ValueError):
+    """A plan file that is missing, truncated, edited or of an unknown schema version."""
+
+
+@dataclass
+class SolverInfo:
+    name: str
+    status: str
+    time_limit_s: float
+    solve_time_s: float
+    objective: float | None = None
+    bound: float | None = None
+    gap: float | None = None
+    variables: int = 0
+    constraints: int = 0
+
+
+@dataclass
+class Plan:
+    """What to keep and what to recompute in every stage, and the resulting peak and time."""
+
+    graph_hash: str
+    model: str
+    device: str
+    device_name: str
+    dtype: str
+    torch_version: str
+    input_shapes: list[list[int]]
+    input_dtypes: list[str]
+    graph_targets: list[str]
+    budget_bytes: int
+    budget_spec: str
+    predicted_peak_bytes: int
+    predicted_time_s: float
+    solver_peak_bytes: int
+    baseline_peak_bytes: int
+    baseline_time_s: float
+    solver: SolverInfo
+    keep: list[list[int]]  # per stage: forward storages held at its start
+    recompute: list[list[int]]  # per stage: forward nodes recomputed at its start
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # human-readable summary
+    schema_version: int = PLAN_SCHEMA_VERSION
+
+    def decisions(self) -> Decisions:
+        return Decisions(keep=[set(k) for k in self.keep],
+                         recompute=[set(r) for r in self.recompute])
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["checksum"] = _checksum(d)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> "Plan":
+        if not isinstance(d, dict):
+            raise PlanFormatError("not a plan: the file holds no JSON object")
+        if d.get("schema_version") != PLAN_SCHEMA_VERSION:
+            raise PlanFormatError(f"plan schema_version {d.get('schema_version')!r} is not "
+                                  f"{PLAN_SCHEMA_VERSION}: solve the plan again")
+        d = dict(d)
+        checksum = d.pop("checksum", None)
+        if checksum != _checksum(d):
+            raise PlanFormatError("plan checksum does not match its content: the file was "
+                                  "edited or damaged; solve the plan again")
+        try:
+            d["solver"] = SolverInfo(**d["solver"])
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise PlanFormatError(f"not a valid plan: {e}") from e
+
+    def save(self, path: str) -> None:
+        """Write the plan atomically: an interrupted write leaves no partial file."""
+        write_json_atomic(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str) -> "Plan":
+        try:
+            data = read_json(path, what="plan")
+        except ProfileFormatError as e:
+            raise PlanFormatError(str(e)) from e
+        return cls.from_json(data)
+
+
+def _checksum(d: dict[str, Any]) -> str:
+    body = json.dumps(d, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()

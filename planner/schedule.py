@@ -1,0 +1,136 @@
+"""Turn keep/recompute decisions into a schedule: a list of plain run/free records.
+
+The runtime executes these records and the simulator replays them; neither decides
+anything of its own, so what runs is exactly what was planned and simulated.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from profiler.ir import FORWARD
+
+from .graph import PlannerGraph
+
+
+class ScheduleError(ValueError):
+    """Decisions that cannot be executed (a needed tensor is neither kept nor recomputed)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One record of a schedule: ``run`` a node, or ``free`` the value of a node."""
+
+    kind: str  # "run" | "free"
+    node: int
+    stage: int  # -1 for the forward pass
+
+
+@dataclass
+class Schedule:
+    forward: list[Step] = field(default_factory=list)
+    backward: list[Step] = field(default_factory=list)
+    saved: list[int] = field(default_factory=list)  # forward nodes held after the forward
+    rng_nodes: list[int] = field(default_factory=list)  # random nodes that are recomputed
+
+
+@dataclass
+class Decisions:
+    """``keep[k]``: forward storages held at the start of stage k (``keep[0]``: after the
+    forward pass). ``recompute[k]``: forward ops run again at the start of stage k."""
+
+    keep: list[set[int]]
+    recompute: list[set[int]]
+
+
+def baseline_decisions(graph: PlannerGraph) -> Decisions:
+    """Keep every needed forward tensor until its last use; recompute nothing."""
+    last: dict[int, int] = {}
+    for k in range(len(graph.stages)):
+        for s in graph.stage_need_storages(k):
+            last[s] = k
+    keep = [{s for s, l in last.items() if l >= k} for k in range(len(graph.stages))]
+    return Decisions(keep=keep, recompute=[set() for _ in graph.stages])
+
+
+def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
+    """The run/free records that carry out ``decisions`` on ``graph``."""
+    if len(decisions.keep) != len(graph.stages) or len(decisions.recompute) != len(graph.stages):
+        raise ScheduleError(f"decisions for {len(decisions.keep)} stages, graph has "
+                            f"{len(graph.stages)}")
+    sched = Schedule()
+    fixed = graph.constant_storages | graph.pinned_storages
+    nodes = graph.nodes
+
+    def held(n: int, kept: set[int]) -> bool:
+        return all(s in kept or s in fixed for s in nodes[n].storages)
+
+    # Forward pass: run in order, free each node after its last forward use unless kept.
+    kept0 = decisions.keep[0] if decisions.keep else set()
+    env: set[int] = set()
+    for t, n in enumerate(graph.forward):
+        sched.forward.append(Step("run", n, -1))
+        env.add(n)
+        for m in (*nodes[n].inputs, n):
+            if m in env and graph.forward_last_use[m] <= t and not held(m, kept0):
+                env.discard(m)
+                sched.forward.append(Step("free", m, -1))
+    for m in [m for m in graph.forward if m in env]:
+        # Tuples are never saved (their getitems are).
+        if not held(m, kept0) or m in graph.getitems:
+            env.discard(m)
+            sched.forward.append(Step("free", m, -1))
+    sched.saved = [m for m in graph.forward if m in env]
+
+    # Backward stages.
+    bpos = {n: t for t, n in enumerate(graph.executed)}
+    rng: set[int] = set()
+    steps = sched.backward
+    for k, stage in enumerate(graph.stages):
+        def ensure(m: int) -> None:
+            if m in env or nodes[m].role not in (FORWARD, "backward"):
+                return
+            if nodes[m].is_alias and (nodes[m].role == FORWARD or m in graph.derivable):
+                for i in nodes[m].inputs:
+                    ensure(i)
+                steps.append(Step("run", m, k))
+                env.add(m)
+                return
+            raise ScheduleError(f"stage {k} needs {nodes[m].name}, which is neither kept "
+                                "nor recomputed")
+
+        for o in sorted(decisions.recompute[k]):
+            if any(s in env_storages(graph, env) for s in nodes[o].new_storages):
+                raise ScheduleError(f"stage {k} recomputes {nodes[o].name} while holding it")
+            for i in nodes[o].inputs:
+                ensure(i)
+            steps.append(Step("run", o, k))
+            env.add(o)
+            if nodes[o].random:
+                rng.add(o)
+            for g in graph.getitems.get(o, []):
+                steps.append(Step("run", g, k))
+                env.add(g)
+        for e in stage:
+            for i in nodes[e].inputs:
+                ensure(i)
+            steps.append(Step("run", e, k))
+            env.add(e)
+            for m in (*nodes[e].inputs, e):
+                if m in bpos and m in env and graph.backward_last_use[m] <= bpos[e]:
+                    env.discard(m)
+                    steps.append(Step("free", m, k))
+        nxt = decisions.keep[k + 1] if k + 1 < len(graph.stages) else set()
+        for m in sorted(env):
+            planned = nodes[m].role == FORWARD or m in graph.derivable
+            if planned and (m in graph.derivable or not held(m, nxt)):
+                env.discard(m)
+                steps.append(Step("free", m, k))
+    sched.rng_nodes = sorted(rng)
+    return sched
+
+
+def env_storages(graph: PlannerGraph, env: set[int]) -> set[int]:
+    out: set[int] = set()
+    for m in env:
+        out.update(graph.nodes[m].storages)
+    return out

@@ -1,0 +1,228 @@
+"""Capture the joint forward+backward graph of a model at ATen level with torch.fx.
+
+AOTAutograd's ``aot_export_joint_with_descriptors`` traces the model with fake tensors (no
+real compute, no GPU) into one functional graph ``(primals, tangents) -> (outputs, grads)``
+whose placeholders and outputs carry their role in ``node.meta["desc"]``. This pass labels
+every node with ``node.meta["monet_role"]`` (param, buffer, input, tangent, forward,
+backward) and its storages, so that memory is counted per storage, not per node.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+import torch.fx as fx
+from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
+from torch.multiprocessing.reductions import StorageWeakRef
+
+from .ir import BACKWARD, BUFFER, FORWARD, INPUT, PARAM, TANGENT, NodeRecord, OutputRecord
+
+log = logging.getLogger(__name__)
+
+
+class CaptureError(RuntimeError):
+    """The model could not be captured into a joint graph."""
+
+
+@dataclass
+class CapturedGraph:
+    """A captured joint graph and how its inputs and outputs map to the user's model."""
+
+    graph_module: fx.GraphModule
+    nodes: list[fx.Node]  # placeholders and compute nodes, in graph order
+    records: list[NodeRecord]
+    storage_bytes: dict[int, int]
+    outputs: list[OutputRecord]
+    graph_hash: str
+    input_shapes: list[list[int]]
+    input_dtypes: list[str]
+    input_requires_grad: list[bool]
+    dtype: str
+    device: str
+
+
+def _desc_str(desc: Any) -> str:
+    return "" if desc is None else repr(desc)
+
+
+def _placeholder_role(desc: Any) -> tuple[str, str]:
+    kind = type(desc).__name__
+    if kind == "ParamAOTInput":
+        return PARAM, desc.target
+    if kind == "BufferAOTInput":
+        return BUFFER, desc.target
+    if kind == "PlainAOTInput":
+        return INPUT, str(desc.idx)
+    if kind == "TangentAOTInput":
+        return TANGENT, _desc_str(desc.output)
+    raise CaptureError(f"unsupported graph input {desc!r}: only parameters, buffers, "
+                       "tensor inputs and output gradients are handled")
+
+
+def _output_record(desc: Any, node_index: int) -> OutputRecord | None:
+    kind = type(desc).__name__
+    if desc is None:
+        return None
+    if kind == "PlainAOTOutput":
+        return OutputRecord("user", node_index, str(desc.idx))
+    if kind == "InputMutationAOTOutput":
+        mutated = desc.mutated_input
+        if type(mutated).__name__ != "BufferAOTInput":
+            raise CaptureError(f"the model mutates its input {mutated!r} in place; only "
+                               "buffer updates (batch-norm statistics) are supported")
+        return OutputRecord("mutation", node_index, mutated.target)
+    if kind == "GradAOTOutput":
+        of = desc.grad_of
+        target = of.target if type(of).__name__ == "ParamAOTInput" else f"input:{of.idx}"
+        return OutputRecord("grad", node_index, target)
+    raise CaptureError(f"unsupported graph output {desc!r}")
+
+
+def _tensors_of(val: Any) -> list[torch.Tensor]:
+    if isinstance(val, torch.Tensor):
+        return [val]
+    if isinstance(val, (tuple, list)):
+        return [t for t in val if isinstance(t, torch.Tensor)]
+    return []
+
+
+def _module_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        return list(stack.values())[-1][0]
+    fwd = node.meta.get("fwd_nn_module_stack") or {}
+    if fwd:
+        return list(fwd.values())[-1][0]
+    return ""
+
+
+def _is_random(node: fx.Node) -> bool:
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and \
+        torch.Tag.nondeterministic_seeded in target.tags
+
+
+def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> CapturedGraph:
+    """Trace ``model(*example_inputs)`` and its backward into one labelled joint graph.
+
+    Runs with fake tensors: nothing is computed and the model's buffers are not touched.
+    """
+    example_inputs = tuple(example_inputs)
+    if not all(isinstance(x, torch.Tensor) for x in example_inputs):
+        raise CaptureError("example inputs must be tensors")
+    try:
+        with contextlib.ExitStack() as stack:
+            joint = aot_export_joint_with_descriptors(
+                stack, model, example_inputs, _record_nn_module_stack=True)
+    except Exception as e:  # tracing failures surface as many exception types
+        raise CaptureError(f"could not capture {type(model).__name__}: "
+                           f"{type(e).__name__}: {e}") from e
+    gm = joint.graph_module
+    return _label(gm, model, example_inputs)
+
+
+def _label(gm: fx.GraphModule, model: torch.nn.Module,
+           example_inputs: tuple[torch.Tensor, ...]) -> CapturedGraph:
+    graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
+    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    index = {n: i for i, n in enumerate(graph_nodes)}
+
+    # Storages: a node aliases an input's storage, or allocates new ones.
+    storage_of: dict[Any, int] = {}  # StorageWeakRef -> id, valid among live meta values
+    storage_bytes: dict[int, int] = {}
+    records: list[NodeRecord] = []
+    for i, n in enumerate(graph_nodes):
+        tensors = _tensors_of(n.meta.get("val"))
+        input_refs = {}
+        for inp in n.all_input_nodes:
+            for t in _tensors_of(inp.meta.get("val")):
+                input_refs[StorageWeakRef(t.untyped_storage())] = True
+        storages, new = [], []
+        for t in tensors:
+            ref = StorageWeakRef(t.untyped_storage())
+            if ref in input_refs and ref in storage_of:
+                sid = storage_of[ref]
+            else:
+                sid = len(storage_bytes)
+                storage_bytes[sid] = int(t.untyped_storage().nbytes())
+                storage_of[ref] = sid
+                new.append(sid)
+            if sid not in storages:
+                storages.append(sid)
+        if n.op == "placeholder":
+            role, desc = _placeholder_role(n.meta.get("desc"))
+        else:
+            role, desc = "", ""
+        val = n.meta.get("val")
+        shape = [list(t.shape) for t in tensors] if isinstance(val, (tuple, list)) else \
+            (list(val.shape) if isinstance(val, torch.Tensor) else [])
+        records.append(NodeRecord(
+            index=i, name=n.name, target=str(n.target) if n.op != "placeholder" else "placeholder",
+            role=role, inputs=[index[a] for a in n.all_input_nodes], storages=storages,
+            new_storages=new if n.op != "placeholder" else [], shape=shape,
+            dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),
+            desc=desc, module=_module_path(n)))
+
+    outputs = []
+    for arg, desc in zip(output_node.args[0], output_node.meta.get("desc", [])):
+        if arg is None:
+            continue
+        rec = _output_record(desc, index[arg])
+        if rec is not None:
+            outputs.append(rec)
+
+    # Forward nodes are those the forward outputs (user outputs and buffer updates) need.
+    forward_roots = [o.node for o in outputs if o.kind in ("user", "mutation")]
+    needed: set[int] = set()
+    stack = list(forward_roots)
+    while stack:
+        i = stack.pop()
+        if i in needed or records[i].role:
+            continue
+        needed.add(i)
+        stack.extend(records[i].inputs)
+    for r in records:
+        if not r.role:
+            r.role = FORWARD if r.index in needed else BACKWARD
+    # Outputs of a forward op that only the backward reads (saved batch-norm statistics)
+    # are taken from the op's result in the forward, like its other outputs.
+    for r in records:
+        if r.role == BACKWARD and r.target == "<built-in function getitem>" and \
+                records[r.inputs[0]].role == FORWARD:
+            r.role = FORWARD
+    for r, n in zip(records, graph_nodes):
+        n.meta["monet_role"] = r.role
+        n.meta["monet_index"] = r.index
+    if any(r.role == TANGENT for r in records) is False:
+        raise CaptureError("the model output does not require grad: nothing to train")
+
+    params = [p for p in model.parameters()]
+    dtype = str(params[0].dtype) if params else str(example_inputs[0].dtype)
+    device = params[0].device.type if params else example_inputs[0].device.type
+    captured = CapturedGraph(
+        graph_module=gm, nodes=graph_nodes, records=records, storage_bytes=storage_bytes,
+        outputs=outputs, graph_hash="", input_shapes=[list(x.shape) for x in example_inputs],
+        input_dtypes=[str(x.dtype) for x in example_inputs],
+        input_requires_grad=[bool(x.requires_grad) for x in example_inputs],
+        dtype=dtype, device=device)
+    captured.graph_hash = graph_hash(captured)
+    log.info("captured %d nodes (%d forward, %d backward), hash %s", len(records),
+             sum(r.role == FORWARD for r in records), sum(r.role == BACKWARD for r in records),
+             captured.graph_hash[:12])
+    return captured
+
+
+def graph_hash(captured: CapturedGraph) -> str:
+    """A hash of the graph's structure, shapes, dtypes and roles (not of node names)."""
+    h = hashlib.sha256()
+    for r, n in zip(captured.records, captured.nodes):
+        args = fx.node.map_arg((n.args, n.kwargs), lambda a: f"%{a.meta['monet_index']}")
+        h.update(repr((r.target, r.role, r.desc if r.role != "forward" else "", r.inputs,
+                       r.shape, r.dtype, r.storages, r.new_storages, args)).encode())
+    h.update(repr([(o.kind, o.node, o.target) for o in captured.outputs]).encode())
+    h.update(repr((captured.device, captured.dtype, captured.input_requires_grad)).encode())
+    return h.hexdigest()

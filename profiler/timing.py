@@ -1,0 +1,139 @@
+"""Per-node time of a captured joint graph: measured on the device, or estimated from FLOPs.
+
+Alias nodes (views, getitems, detach) cost nothing and get time 0, so that re-deriving a
+view in the backward never changes a plan's predicted time.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.fx as fx
+from torch.utils.flop_counter import FlopCounterMode
+
+from .capture import CapturedGraph
+from .ir import BUFFER, INPUT, PARAM, TANGENT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """A roofline for estimating times: peak FLOP/s, memory bandwidth, per-op overhead."""
+
+    flops_per_s: float
+    bytes_per_s: float
+    overhead_s: float
+
+
+# Conservative figures; only the ratios between ops matter to the planner.
+DEVICE_MODELS = {
+    "cpu": DeviceModel(flops_per_s=50e9, bytes_per_s=10e9, overhead_s=5e-6),
+    "cuda": DeviceModel(flops_per_s=50e12, bytes_per_s=2.5e12, overhead_s=5e-6),
+}
+
+
+def count_flops(captured: CapturedGraph) -> list[int]:
+    """FLOPs of every node, from torch.utils.flop_counter run on the fake tensors."""
+    flops = [0] * len(captured.nodes)
+    fake_mode = None
+    for n in captured.nodes:
+        val = n.meta.get("val")
+        if isinstance(val, torch.Tensor) and hasattr(val, "fake_mode"):
+            fake_mode = val.fake_mode
+            break
+    for n, r in zip(captured.nodes, captured.records):
+        if n.op != "call_function" or r.is_alias or not isinstance(n.target, torch._ops.OpOverload):
+            continue
+        args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("val"))
+        counter = FlopCounterMode(display=False)
+        try:
+            with fake_mode, counter:
+                n.target(*args, **kwargs)
+        except Exception:  # an op fake tensors cannot run: count it as memory-bound only
+            log.debug("no FLOP count for %s", n.name)
+            continue
+        flops[r.index] = int(counter.get_total_flops())
+    return flops
+
+
+def estimate_times(captured: CapturedGraph, device: str) -> list[float]:
+    """Roofline time of every node: max(FLOPs / peak, bytes moved / bandwidth) + overhead."""
+    model = DEVICE_MODELS["cuda" if device.startswith("cuda") else "cpu"]
+    flops = count_flops(captured)
+    times = []
+    for r in captured.records:
+        if r.role in (PARAM, BUFFER, INPUT, TANGENT) or r.is_alias:
+            times.append(0.0)
+            continue
+        moved = sum(captured.storage_bytes[s] for s in r.new_storages)
+        moved += sum(captured.storage_bytes[s] for i in r.inputs
+                     for s in captured.records[i].storages)
+        times.append(max(flops[r.index] / model.flops_per_s, moved / model.bytes_per_s)
+                     + model.overhead_s)
+    for r, f in zip(captured.records, flops):
+        r.flops = f
+    return times
+
+
+def bind_inputs(captured: CapturedGraph, model: torch.nn.Module,
+                inputs: Sequence[torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Real tensors for the graph's placeholders (tangents are made of ones)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    buffers = dict(model.named_buffers(remove_duplicate=False))
+    env: dict[int, torch.Tensor] = {}
+    for n, r in zip(captured.nodes, captured.records):
+        if r.role == PARAM:
+            env[r.index] = params[r.desc]
+        elif r.role == BUFFER:
+            env[r.index] = buffers[r.desc]
+        elif r.role == INPUT:
+            env[r.index] = inputs[int(r.desc)]
+    return env
+
+
+def measure_times(captured: CapturedGraph, model: torch.nn.Module,
+                  inputs: Sequence[torch.Tensor], repeats: int = 5,
+                  warmup: int = 1) -> list[float]:
+    """Median wall time of every node, running the joint graph on the real tensors.
+
+    On CUDA each node is timed with CUDA events; on the CPU with a monotonic clock. The
+    global RNG state is restored afterwards, and buffers are not updated (the graph is
+    functional).
+    """
+    device = next(iter(model.parameters())).device
+    cuda = device.type == "cuda"
+    samples: list[list[float]] = [[] for _ in captured.records]
+    with torch.random.fork_rng(devices=[device] if cuda else []), torch.no_grad():
+        for rep in range(warmup + repeats):
+            env = bind_inputs(captured, model, inputs)
+            for n, r in zip(captured.nodes, captured.records):
+                if r.role == TANGENT:
+                    val = n.meta["val"]
+                    env[r.index] = torch.ones(val.shape, dtype=val.dtype, device=device)
+                    continue
+                if n.op != "call_function":
+                    continue
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a.meta["monet_index"]])
+                elapsed = _time_call(n.target, args, kwargs, cuda, env, r.index)
+                if rep >= warmup:
+                    samples[r.index].append(elapsed)
+    return [0.0 if (not s or r.is_alias) else statistics.median(s)
+            for s, r in zip(samples, captured.records)]
+
+
+def _time_call(fn: Callable, args, kwargs, cuda: bool, env: dict, index: int) -> float:
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        env[index] = fn(*args, **kwargs)
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    env[index] = fn(*args, **kwargs)
+    return time.perf_counter() - t0

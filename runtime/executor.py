@@ -1,0 +1,131 @@
+"""Execute a schedule's run/free records on real tensors, counting the bytes held.
+
+The executor is deliberately dumb: it runs the captured graph's ATen ops in the order the
+schedule says and drops values where it says. Random ops that the plan recomputes save
+the RNG state before their forward run and replay it when recomputed.
+"""
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.fx as fx
+
+from planner.schedule import Step
+
+
+@dataclass
+class MemoryCounter:
+    """Bytes of the distinct storages referenced by the executor's values."""
+
+    live: int = 0
+    peak: int = 0
+    refs: dict[int, list[int]] = field(default_factory=dict)  # data_ptr -> [count, bytes]
+
+    def _tensors(self, value: Any) -> Iterable[torch.Tensor]:
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, (tuple, list)):
+            for v in value:
+                if isinstance(v, torch.Tensor):
+                    yield v
+
+    def _keys(self, value: Any) -> dict[int, int]:
+        keys: dict[int, int] = {}
+        for t in self._tensors(value):
+            st = t.untyped_storage()
+            keys[st.data_ptr()] = st.nbytes()
+        return keys
+
+    def add(self, value: Any) -> None:
+        for key, nbytes in self._keys(value).items():
+            entry = self.refs.setdefault(key, [0, nbytes])
+            entry[0] += 1
+            if entry[0] == 1:
+                self.live += nbytes
+        self.peak = max(self.peak, self.live)
+
+    def drop(self, value: Any) -> None:
+        for key in self._keys(value):
+            entry = self.refs[key]
+            entry[0] -= 1
+            if entry[0] == 0:
+                self.live -= entry[1]
+                del self.refs[key]
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+
+class Executor:
+    """Runs steps of a schedule over an environment of node index -> value."""
+
+    def __init__(self, fx_nodes: list[fx.Node], count: bool = True):
+        self.fx_nodes = fx_nodes
+        self.count = count
+        self.counter = MemoryCounter()
+        self.rng_states: dict[int, Any] = {}
+
+    def put(self, env: dict[int, Any], index: int, value: Any) -> None:
+        env[index] = value
+        if self.count:
+            self.counter.add(value)
+
+    def _call(self, node: fx.Node, env: dict[int, Any]) -> Any:
+        args, kwargs = fx.node.map_arg((node.args, node.kwargs),
+                                       lambda a: env[a.meta["monet_index"]])
+        if node.target is operator.getitem:
+            return args[0][args[1]]
+        return node.target(*args, **kwargs)
+
+    def _replay(self, node: fx.Node, env: dict[int, Any], state: Any) -> Any:
+        """Run a random op again with the RNG state of its first run, leaving the global
+        RNG state untouched."""
+        kind, device, _ = state
+        with torch.random.fork_rng(devices=[device] if kind == "cuda" else []):
+            _set_rng_state(state)
+            return self._call(node, env)
+
+    def run(self, steps: list[Step], env: dict[int, Any], save_rng: set[int] = frozenset(),
+            before_free: Callable[[int, Any], None] | None = None) -> None:
+        """Execute ``steps`` in order, updating ``env`` in place. ``before_free`` sees every
+        value just before it is dropped."""
+        for step in steps:
+            if step.kind == "free":
+                value = env.pop(step.node)
+                if before_free is not None:
+                    before_free(step.node, value)
+                if self.count:
+                    self.counter.drop(value)
+                continue
+            node = self.fx_nodes[step.node]
+            if step.stage < 0 and step.node in save_rng:
+                self.rng_states[step.node] = _get_rng_state(node)
+            if step.stage >= 0 and step.node in self.rng_states:
+                value = self._replay(node, env, self.rng_states[step.node])
+            else:
+                value = self._call(node, env)
+            self.put(env, step.node, value)
+
+
+def _device_of(node: fx.Node) -> torch.device:
+    val = node.meta.get("val")
+    val = val[0] if isinstance(val, (tuple, list)) else val
+    return val.device if isinstance(val, torch.Tensor) else torch.device("cpu")
+
+
+def _get_rng_state(node: fx.Node) -> Any:
+    device = _device_of(node)
+    if device.type == "cuda":
+        return ("cuda", device, torch.cuda.get_rng_state(device))
+    return ("cpu", device, torch.get_rng_state())
+
+
+def _set_rng_state(state: Any) -> None:
+    kind, device, value = state
+    if kind == "cuda":
+        torch.cuda.set_rng_state(value, device)
+    else:
+        torch.set_rng_state(value)
