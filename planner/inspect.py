@@ -1,0 +1,42 @@
+"""Human-readable summaries of a plan (``monet inspect``)."""
+from __future__ import annotations
+
+from .budget import format_bytes
+from .plan import Plan
+
+
+def describe_plan(plan: Plan, top: int = 15) -> str:
+    """Budget, predicted peak, time overhead, solver status and what is recomputed where."""
+    overhead = plan.predicted_time_s / plan.baseline_time_s - 1 if plan.baseline_time_s else 0.0
+    s = plan.solver
+    lines = [
+        f"model          {plan.model}  ({plan.device_name}, {plan.dtype}, inputs "
+        f"{' '.join('x'.join(map(str, sh)) for sh in plan.input_shapes)})",
+        f"graph hash     {plan.graph_hash[:16]}  (torch {plan.torch_version})",
+        f"budget         {format_bytes(plan.budget_bytes)}  (given as {plan.budget_spec})",
+        f"peak           {format_bytes(plan.predicted_peak_bytes)} predicted, "
+        f"{format_bytes(plan.baseline_peak_bytes)} unoptimised "
+        f"({plan.predicted_peak_bytes / plan.baseline_peak_bytes:.1%})",
+        f"step time      {plan.predicted_time_s * 1e3:.3f} ms predicted, "
+        f"{plan.baseline_time_s * 1e3:.3f} ms unoptimised ({overhead:+.2%})",
+        f"solver         {s.name}: {s.status} in {s.solve_time_s:.2f} s"
+        + (f", gap {s.gap:.2%}" if s.gap is not None else "")
+        + (f", {s.variables} variables, {s.constraints} constraints" if s.variables else ""),
+        f"stages         {len(plan.keep)} backward stages",
+    ]
+    recomputed = [n for n in plan.nodes if n["recomputed_in_stages"]]
+    kept = [n for n in plan.nodes if n["kept_in_stages"] and not n["recomputed_in_stages"]]
+    lines.append(f"forward ops    {len(plan.nodes)}: {len(kept)} kept only, {len(recomputed)} "
+                 f"recomputed ({sum(len(n['recomputed_in_stages']) for n in recomputed)} "
+                 "recomputations)")
+    if recomputed:
+        lines.append("")
+        lines.append(f"{'recomputed op':<40} {'module':<28} {'bytes':>11} {'stages'}")
+        recomputed.sort(key=lambda n: -n["bytes"])
+        for n in recomputed[:top]:
+            stages = ",".join(map(str, n["recomputed_in_stages"]))
+            lines.append(f"{n['name'][:40]:<40} {n['module'][:28]:<28} "
+                         f"{format_bytes(n['bytes']):>11} {stages}")
+        if len(recomputed) > top:
+            lines.append(f"... and {len(recomputed) - top} more")
+    return "\n".join(lines)
