@@ -22,6 +22,30 @@ class SolveOptions:
     gap: float = 1e-4
     threads: int | None = None
     verbose: bool = False
+    warm_start: bool = False  # start from the variables' current values (a feasible plan)
+    objective_target: float | None = None  # stop as soon as a plan this good is found
+
+
+class _WarmHiGHS(pulp.HiGHS):
+    """PuLP's HiGHS interface, plus a warm start from the variables' current values."""
+
+    def __init__(self, warm_start: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.warm_start = warm_start
+
+    def callSolver(self, lp):  # noqa: N802 (PuLP's name)
+        if self.warm_start:
+            import highspy
+            variables = lp.variables()
+            if all(v.varValue is not None for v in variables):
+                solution = highspy.HighsSolution()
+                values = [0.0] * len(variables)
+                for v in variables:
+                    values[v.index] = float(v.varValue)
+                solution.col_value = values  # a pybind list: assign it whole
+                solution.value_valid = True
+                lp.solverModel.setSolution(solution)
+        lp.solverModel.run()
 
 
 @dataclass
@@ -53,8 +77,11 @@ def _outcome(problem: pulp.LpProblem, seconds: float, bound: float | None) -> So
 
 
 def solve_highs(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
-    solver = pulp.HiGHS(msg=options.verbose, timeLimit=options.time_limit_s,
-                        gapRel=options.gap, threads=options.threads)
+    extra = {}
+    if options.objective_target is not None:
+        extra["objective_target"] = float(options.objective_target)
+    solver = _WarmHiGHS(options.warm_start, msg=options.verbose, timeLimit=options.time_limit_s,
+                        gapRel=options.gap, threads=options.threads, **extra)
     t0 = time.perf_counter()
     problem.solve(solver)
     seconds = time.perf_counter() - t0
@@ -69,7 +96,8 @@ def solve_highs(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
 
 def solve_cbc(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
     solver = pulp.PULP_CBC_CMD(msg=options.verbose, timeLimit=options.time_limit_s,
-                               gapRel=options.gap, threads=options.threads)
+                               gapRel=options.gap, threads=options.threads,
+                               warmStart=options.warm_start)
     t0 = time.perf_counter()
     problem.solve(solver)
     return _outcome(problem, time.perf_counter() - t0, None)

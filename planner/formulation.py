@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import networkx as nx
 import pulp
+
+from profiler.ir import FORWARD
 
 from .graph import END, PlannerGraph
 from .schedule import Decisions
@@ -52,6 +53,15 @@ class StageMILP:
             if (v.value() or 0) > 0.5:
                 recompute[k].add(o)
         return Decisions(keep=keep, recompute=recompute)
+
+    def set_start(self, decisions: Decisions) -> None:
+        """Give every variable the value it has in ``decisions`` (a solver warm start)."""
+        for (k, s), v in self.keep.items():
+            v.varValue = 1 if s in decisions.keep[k] else 0
+        for (k, o), v in self.recompute.items():
+            v.varValue = 1 if o in decisions.recompute[k] else 0
+        if self.peak is not None:
+            self.peak.varValue = self.evaluate_peak(decisions) * MIB_SCALE
 
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""
@@ -130,34 +140,60 @@ def backward_live_bytes(graph: PlannerGraph) -> list[int]:
     return live
 
 
+def recompute_candidates(graph: PlannerGraph, k: int, ops: set[int],
+                         max_depth: int | None) -> set[int]:
+    """Forward ops stage k may recompute: ancestors of its needs at most ``max_depth``
+    recomputed ops away (aliases are free and do not count)."""
+    best: dict[int, int] = {}
+    found: set[int] = set()
+    frontier = [(0, n) for n in graph.stage_needs[k]]
+    while frontier:
+        depth, n = frontier.pop()
+        node = graph.nodes[n]
+        if node.role != FORWARD or best.get(n, 1 << 30) <= depth:
+            continue
+        best[n] = depth
+        if n in ops:
+            if max_depth is not None and depth >= max_depth:
+                continue
+            found.add(n)
+            depth += 1
+        frontier.extend((depth, i) for i in node.inputs)
+    return set(found)
+
+
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
-                     minimize_peak: bool = False) -> StageMILP:
+                     minimize_peak: bool = False,
+                     max_recompute_depth: int | None = 12) -> StageMILP:
     """The MILP for ``graph``: minimise recompute time under ``budget`` bytes, or (with
-    ``minimize_peak``) minimise the peak itself."""
+    ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
+    ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
+    at no cost for the budgets where longer chains would not pay."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
-    dag = graph.forward_dag()
     ops = set(graph.ops())
 
-    anc_nodes: list[set[int]] = []
+    anc_nodes = [recompute_candidates(graph, k, ops, max_recompute_depth) for k in range(K)]
+    # Events of a storage: the stages that may read or recompute it. Between two events a
+    # storage is either held throughout or not at all (dropping it earlier is never worse),
+    # so one keep variable per event suffices: it covers the stages since the last event.
+    events: dict[int, list[int]] = {}
     for k in range(K):
-        a: set[int] = set()
-        for n in graph.stage_needs[k]:
-            if n not in a:
-                a |= nx.ancestors(dag, n)
-                a.add(n)
-        anc_nodes.append(a)
-    useful_until: dict[int, int] = {}
-    for k in range(K):
-        for n in anc_nodes[k]:
-            for s in graph.planned_storages(n):
-                useful_until[s] = k
+        useful = graph.stage_need_storages(k)
+        for o in anc_nodes[k]:
+            useful |= graph.planned_storages(o) | graph.op_inputs(o)
+        for s in useful:
+            events.setdefault(s, []).append(k)
 
     S: dict[tuple[int, int], pulp.LpVariable] = {}
     R: dict[tuple[int, int], pulp.LpVariable] = {}
-    for s, last in useful_until.items():
-        for k in range(last + 1):
-            S[k, s] = pulp.LpVariable(f"S_{k}_{s}", cat="Binary")
+    for s, stages in events.items():
+        k = 0
+        for e in stages:
+            var = pulp.LpVariable(f"S_{e}_{s}", cat="Binary")
+            while k <= e:
+                S[k, s] = var
+                k += 1
     for k in range(K):
         for o in sorted(anc_nodes[k] & ops):
             R[k, o] = pulp.LpVariable(f"R_{k}_{o}", cat="Binary")
@@ -181,7 +217,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
                 if (k, s) in S:
                     prob += S[k, s] + R[k, o] <= 1, f"once_{k}_{s}"
     for (k, s), v in S.items():
-        if k + 1 < K and (k + 1, s) in S:
+        if k + 1 < K and (k + 1, s) in S and S[k + 1, s] is not v:
             prob += S[k + 1, s] <= avail(k, s), f"carry_{k}_{s}"
 
     base = sum(graph.storage_bytes[s] for s in graph.constant_storages)
@@ -206,8 +242,9 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
         milp.peak = pulp.LpVariable("peak_mib", lowBound=0)
         for i, row in enumerate(rows):
             prob += row * MIB_SCALE <= milp.peak, f"mem_{i}"
-        # The peak dominates; recompute time only breaks ties.
-        prob += milp.peak + 1e-3 * recompute_time
+        # The peak (MiB) dominates; recompute time, as a fraction of the step, breaks ties
+        # for at most 1e-4 MiB.
+        prob += milp.peak + 1e-4 / max(sum(times), 1e-12) * recompute_time
     else:
         assert budget is not None
         for i, row in enumerate(rows):

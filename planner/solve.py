@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 
 from profiler.ir import Profile
 
-from .backends import SolveOptions, solve_problem
+from .backends import SolveOptions, SolveOutcome, solve_problem
 from .budget import format_bytes, parse_budget
-from .formulation import build_stage_milp
+from .formulation import MIB_SCALE, build_stage_milp
 from .graph import PlannerGraph
+from .heuristic import lp_rounding_candidates, structural_candidates
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
 from .simulator import SimulationResult, simulate
@@ -20,18 +22,16 @@ log = logging.getLogger(__name__)
 class InfeasibleBudgetError(ValueError):
     """No schedule fits the budget; ``smallest_feasible`` is a budget that does."""
 
-    def __init__(self, budget: int, smallest_feasible: int | None, floor: str):
+    def __init__(self, budget: int, smallest_feasible: int | None, floor: str,
+                 proven: bool = True):
         self.budget = budget
         self.smallest_feasible = smallest_feasible
         found = (f"the smallest feasible budget is {format_bytes(smallest_feasible)} "
-                 f"({smallest_feasible} bytes)" if smallest_feasible is not None
+                 f"({smallest_feasible} bytes{'' if proven else ', the best found in the time limit'})"
+                 if smallest_feasible is not None
                  else "no feasible budget was found within the time limit")
         super().__init__(f"budget {format_bytes(budget)} ({budget} bytes) is infeasible: "
                          f"{found}; {floor}")
-
-
-class SolverLimitError(RuntimeError):
-    """The solver found no plan within its time limit (the budget may still be feasible)."""
 
 
 @dataclass
@@ -56,17 +56,43 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
             f"and their gradients {format_bytes(outs)}")
 
 
-def smallest_feasible_budget(profile: Profile, backend: str = "highs",
-                             options: SolveOptions | None = None) -> tuple[int | None, float | None]:
-    """The peak of the lowest-memory plan the solver finds, and a lower bound on any plan."""
-    graph = planner_graph(profile)
-    options = options or SolveOptions()
+def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
+                time_limit_s: float) -> list[Evaluation]:
+    """Heuristic plans (all kept; LP-rounded checkpoint sets), simulated."""
+    times = [n.time_s for n in profile.nodes]
+    plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
+    plans += lp_rounding_candidates(graph, times, None, time_limit_s=time_limit_s)
+    if budget is not None:
+        plans += lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s)
+    return [evaluate(profile, graph, d) for d in plans]
+
+
+def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
+                 start: Evaluation, target: int | None = None) -> tuple[Evaluation, SolveOutcome]:
+    """The lowest-peak plan found, warm-started from ``start`` (returned if nothing better
+    is found); with ``target``, the first plan whose peak is at most ``target`` bytes."""
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True)
-    outcome = solve_problem(milp.problem, backend, options)
-    if not outcome.has_solution:
-        return None, None
-    ev = evaluate(profile, graph, milp.decisions(len(graph.stages)))
-    bound = outcome.bound * 2**20 if outcome.bound is not None else None
+    milp.set_start(start.decisions)
+    opts = replace(options, warm_start=True,
+                   objective_target=None if target is None else target * MIB_SCALE - 1e-3)
+    outcome = solve_problem(milp.problem, backend, opts)
+    if outcome.has_solution:
+        ev = evaluate(profile, graph, milp.decisions(len(graph.stages)))
+        if ev.result.peak_bytes < start.result.peak_bytes:
+            return ev, outcome
+    return start, outcome
+
+
+def smallest_feasible_budget(profile: Profile, backend: str = "highs",
+                             options: SolveOptions | None = None) -> tuple[int, float | None]:
+    """The peak of the lowest-memory plan found, and a lower bound (bytes) on the peak of
+    any plan in the planner's search space."""
+    options = options or SolveOptions()
+    graph = planner_graph(profile)
+    start = min(_candidates(profile, graph, None, options.time_limit_s),
+                key=lambda e: e.result.peak_bytes)
+    ev, outcome = _lowest_peak(profile, graph, backend, options, start)
+    bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
     return ev.result.peak_bytes, bound
 
 
@@ -74,7 +100,10 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
           options: SolveOptions | None = None) -> Plan:
     """The fastest plan for ``profile`` whose peak memory is at most ``budget``.
 
-    Raises InfeasibleBudgetError (naming the smallest feasible budget) when none fits.
+    Heuristic plans from the LP relaxation come first; if none fits, a lowest-memory MILP
+    search stops at the first plan that does (or names the smallest feasible budget); then
+    the fastest plan within the budget is searched from the best plan so far. Raises
+    InfeasibleBudgetError when no plan fits.
     """
     options = options or SolveOptions()
     graph = planner_graph(profile)
@@ -90,36 +119,44 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         claimed = build_stage_milp(graph, times, budget_bytes).evaluate_peak(base.decisions)
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
-    target = budget_bytes
-    for attempt in range(3):
-        milp = build_stage_milp(graph, times, target)
-        outcome = solve_problem(milp.problem, backend, options)
-        if outcome.status == "infeasible":
-            smallest, _ = smallest_feasible_budget(profile, backend, options)
-            raise InfeasibleBudgetError(budget_bytes, smallest, _floor_text(profile, graph))
-        if not outcome.has_solution:
-            raise SolverLimitError(f"{backend} found no plan for {format_bytes(budget_bytes)} "
-                                   f"within {options.time_limit_s:.0f} s; raise --time-limit")
-        decisions = milp.decisions(len(graph.stages))
-        ev = evaluate(profile, graph, decisions)
-        if ev.result.peak_bytes <= budget_bytes:
-            break
-        # Solver tolerances let a row exceed the budget by a few bytes: tighten and retry.
-        target -= ev.result.peak_bytes - budget_bytes + 1024
-        log.info("plan exceeds the budget by %d bytes after rounding; tightening",
-                 ev.result.peak_bytes - budget_bytes)
-    else:
-        raise SolverLimitError("the solver's plans kept exceeding the budget after rounding")
-    solver_peak = milp.evaluate_peak(decisions)
+    t0 = time.perf_counter()
+    candidates = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4)
+    fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
+    if not fitting:
+        lowest = min(candidates, key=lambda e: e.result.peak_bytes)
+        lowest, outcome = _lowest_peak(profile, graph, backend, options, lowest,
+                                       target=budget_bytes)
+        if lowest.result.peak_bytes > budget_bytes:
+            raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
+                                        _floor_text(profile, graph),
+                                        proven=outcome.status == "optimal")
+        fitting = [lowest]
+    start = min(fitting, key=lambda e: e.result.time_s)
+    log.info("best heuristic plan: peak %s, time %+.2f%%", format_bytes(start.result.peak_bytes),
+             100 * (start.result.time_s / base.result.time_s - 1))
+    elapsed = time.perf_counter() - t0
+    remaining = max(options.time_limit_s - elapsed, 0.25 * options.time_limit_s)
+    milp = build_stage_milp(graph, times, budget_bytes)
+    milp.set_start(start.decisions)
+    outcome = solve_problem(milp.problem, backend,
+                            replace(options, time_limit_s=remaining, warm_start=True))
+    best = start
+    if outcome.has_solution:
+        ev = evaluate(profile, graph, milp.decisions(len(graph.stages)))
+        if ev.result.peak_bytes <= budget_bytes and ev.result.time_s <= start.result.time_s:
+            best = ev
+    solver_peak = milp.evaluate_peak(best.decisions)
+    objective = best.result.time_s - base.result.time_s
+    bound = outcome.bound
     gap = None
-    if outcome.bound is not None and outcome.objective is not None:
-        gap = 0.0 if outcome.objective <= 1e-12 else \
-            max(0.0, (outcome.objective - outcome.bound) / outcome.objective)
-    info = SolverInfo(name=backend, status=outcome.status, time_limit_s=options.time_limit_s,
-                      solve_time_s=outcome.seconds, objective=outcome.objective,
-                      bound=outcome.bound, gap=gap, variables=len(milp.problem.variables()),
+    if bound is not None:
+        gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)
+    status = outcome.status if best is not start else "heuristic"
+    info = SolverInfo(name=backend, status=status, time_limit_s=options.time_limit_s,
+                      solve_time_s=time.perf_counter() - t0, objective=objective,
+                      bound=bound, gap=gap, variables=len(milp.problem.variables()),
                       constraints=len(milp.problem.constraints))
-    return _make_plan(profile, graph, ev, base, budget_bytes, str(budget), info, solver_peak)
+    return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
 
 
 def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Evaluation,

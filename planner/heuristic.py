@@ -1,0 +1,74 @@
+"""Heuristic plans: checkpoint sets, chosen by rounding the MILP's LP relaxation.
+
+A *checkpoint* op keeps its outputs from the forward pass until their last use; every
+other op a stage needs is recomputed in that stage from the nearest checkpoints. Any set
+of checkpoints gives a valid plan, so these plans serve as warm starts for the MILP and as
+fall-backs when the solver runs out of time (Checkmate's LP rounding, in spirit).
+"""
+from __future__ import annotations
+
+import logging
+
+import pulp
+
+from .formulation import build_stage_milp
+from .graph import PlannerGraph
+from .schedule import Decisions
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int]) -> Decisions:
+    """The plan that keeps the outputs of ``checkpoints`` and recomputes everything else
+    where it is needed."""
+    K = len(graph.stages)
+    recompute: list[set[int]] = [set() for _ in range(K)]
+    last_use: dict[int, int] = {}
+    for k in range(K):
+        stack = list(graph.stage_need_storages(k))
+        while stack:
+            s = stack.pop()
+            op = graph.creator[s]
+            if op in checkpoints:
+                last_use[s] = k
+            elif op not in recompute[k]:
+                recompute[k].add(op)
+                stack.extend(graph.op_inputs(op))
+    keep = [{s for s, last in last_use.items() if last >= k} for k in range(K)]
+    return Decisions(keep=keep, recompute=recompute)
+
+
+def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
+                           thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99),
+                           time_limit_s: float = 30.0) -> list[Decisions]:
+    """Checkpoint plans from the LP relaxation: ops whose outputs the LP keeps after the
+    forward pass to at least a threshold become checkpoints."""
+    milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None)
+    for v in milp.problem.variables():
+        v.cat = pulp.LpContinuous
+    milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
+    if milp.problem.sol_status != pulp.LpSolutionOptimal:
+        log.info("LP relaxation not solved (%s)", pulp.LpStatus[milp.problem.status])
+        return []
+    ops = graph.ops()
+    score = {o: 0.0 for o in ops}
+    for (k, s), v in milp.keep.items():
+        if k == 0 and graph.creator[s] in score:
+            score[graph.creator[s]] = max(score[graph.creator[s]], v.value() or 0.0)
+    candidates, seen = [], set()
+    for t in thresholds:
+        chosen = frozenset(o for o in ops if score[o] >= t)
+        if chosen not in seen:
+            seen.add(chosen)
+            candidates.append(checkpoint_decisions(graph, set(chosen)))
+    return candidates
+
+
+def structural_candidates(graph: PlannerGraph, times: list[float]) -> list[Decisions]:
+    """Checkpoint plans that need no solver: every m-th op (sqrt(n)-style segments), and the
+    ops that are expensive per byte they allocate (recompute the cheap ones)."""
+    ops = graph.ops()
+    sets = [set(ops[i::m]) for m in range(2, 11) for i in (0, m // 2)]
+    by_cost = sorted(ops, key=lambda o: times[o] / max(1, graph.new_bytes(o)))
+    sets += [set(by_cost[int(q * len(by_cost)):]) for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+    return [checkpoint_decisions(graph, s) for s in sets]
