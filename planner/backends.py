@@ -23,7 +23,6 @@ class SolveOptions:
     threads: int | None = None
     verbose: bool = False
     warm_start: bool = False  # start from the variables' current values (a feasible plan)
-    objective_target: float | None = None  # stop as soon as a plan this good is found
 
 
 class _WarmHiGHS(pulp.HiGHS):
@@ -77,11 +76,8 @@ def _outcome(problem: pulp.LpProblem, seconds: float, bound: float | None) -> So
 
 
 def solve_highs(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
-    extra = {}
-    if options.objective_target is not None:
-        extra["objective_target"] = float(options.objective_target)
     solver = _WarmHiGHS(options.warm_start, msg=options.verbose, timeLimit=options.time_limit_s,
-                        gapRel=options.gap, threads=options.threads, **extra)
+                        gapRel=options.gap, threads=options.threads)
     t0 = time.perf_counter()
     problem.solve(solver)
     seconds = time.perf_counter() - t0

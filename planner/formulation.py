@@ -54,6 +54,20 @@ class StageMILP:
                 recompute[k].add(o)
         return Decisions(keep=keep, recompute=recompute)
 
+    def represents(self, decisions: Decisions) -> bool:
+        """Whether ``decisions`` is a point of this problem (recomputes within the window,
+        keeps constant between a storage's events)."""
+        if any((k, o) not in self.recompute for k, r in enumerate(decisions.recompute)
+               for o in r):
+            return False
+        if any((k, s) not in self.keep for k, kept in enumerate(decisions.keep) for s in kept):
+            return False
+        value: dict[str, bool] = {}
+        for (k, s), v in self.keep.items():
+            if value.setdefault(v.name, s in decisions.keep[k]) != (s in decisions.keep[k]):
+                return False
+        return True
+
     def set_start(self, decisions: Decisions) -> None:
         """Give every variable the value it has in ``decisions`` (a solver warm start)."""
         for (k, s), v in self.keep.items():

@@ -15,7 +15,7 @@ import torch
 from planner.graph import PlannerGraph
 from planner.plan import Plan
 from planner.schedule import build_schedule
-from profiler.capture import CapturedGraph, capture
+from profiler.capture import CaptureError, CapturedGraph, capture
 from profiler.ir import BUFFER, INPUT, PARAM, TANGENT
 from profiler.profile import device_name
 
@@ -178,7 +178,11 @@ class PlannedModule(torch.nn.Module):
         device = next(iter(module.parameters())).device
         examples = tuple(torch.zeros(s, dtype=_dtype(d), device=device)
                          for s, d in zip(plan.input_shapes, plan.input_dtypes))
-        captured = capture(module, examples)
+        try:
+            captured = capture(module, examples)
+        except CaptureError as e:
+            raise PlanMismatchError(f"plan {plan.model} does not fit this model: it cannot run "
+                                    f"on the plan's inputs {plan.input_shapes}: {e}") from e
         _check_plan(plan, captured, module)
         self.runner = PlanRunner(module, plan, captured)
 

@@ -61,6 +61,10 @@ def test_budgets_match_eager(name):
         assert err.value.smallest_feasible > 0.6 * full.baseline_peak_bytes
 
     smallest, bound = smallest_feasible_budget(case.profile, options=OPTIONS)
-    assert smallest is not None and smallest < full.baseline_peak_bytes
+    # VGG-11's peak is its parameters and gradients at the end of the backward: nothing
+    # can lower it, so its smallest feasible budget is its unoptimised peak.
+    assert smallest <= full.baseline_peak_bytes
+    if name != "vgg11":
+        assert smallest < full.baseline_peak_bytes
     plan = solve(case.profile, int(smallest * 1.05), options=OPTIONS)
     assert_same_step(run_plan(case, plan), case.eager)

@@ -1,0 +1,100 @@
+"""The monet command as a user runs it: exit codes, outputs, one-line errors, no partial files."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def monet(*args, cwd=None):
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def profile_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "profile.json"
+    r = monet("profile", "examples.gpt:gpt_small", "--input", "4x64:int64:512", "--estimate",
+              "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    assert "backward stages" in r.stdout and "unoptimised peak" in r.stdout
+    return path
+
+
+def one_line_error(r):
+    assert r.returncode == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    return lines[0]
+
+
+def test_solve_and_inspect(profile_path, tmp_path):
+    plan = tmp_path / "plan.json"
+    r = monet("solve", str(profile_path), "--budget", "0.75", "--time-limit", "10", "-o", str(plan))
+    assert r.returncode == 0, r.stderr
+    assert "predicted peak" in r.stdout
+    r = monet("inspect", str(plan))
+    assert r.returncode == 0, r.stderr
+    for word in ("budget", "peak", "step time", "recomputed", "solver"):
+        assert word in r.stdout
+
+
+def test_budget_forms(profile_path, tmp_path):
+    for budget in ("1.0", "50MiB", "100000000"):
+        r = monet("solve", str(profile_path), "--budget", budget, "-o", str(tmp_path / "p.json"))
+        assert r.returncode == 0, r.stderr
+
+
+def test_bad_budget_string(profile_path, tmp_path):
+    plan = tmp_path / "plan.json"
+    line = one_line_error(monet("solve", str(profile_path), "--budget", "lots", "-o", str(plan)))
+    assert "does not parse" in line
+    assert not plan.exists()
+
+
+def test_infeasible_budget_names_smallest_and_writes_nothing(profile_path, tmp_path):
+    plan = tmp_path / "plan.json"
+    line = one_line_error(monet("solve", str(profile_path), "--budget", "0.05",
+                                "--time-limit", "10", "-o", str(plan)))
+    assert "infeasible" in line and "smallest feasible budget is" in line
+    assert not plan.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("model,message", [
+    ("torchvision:resnet_nope", "torchvision has no model"),
+    ("no_such_module:factory", "cannot import module"),
+    ("examples.gpt:no_such_factory", "has no function"),
+    ("resnet18", "neither torchvision:<name> nor"),
+])
+def test_unknown_models(model, message, tmp_path):
+    out = tmp_path / "p.json"
+    line = one_line_error(monet("profile", model, "--batch", "2", "--image-size", "32", "-o", str(out)))
+    assert message in line
+    assert not out.exists()
+
+
+def test_bad_input_spec(tmp_path):
+    line = one_line_error(monet("profile", "examples.gpt:gpt_small", "--input", "4by64",
+                                "-o", str(tmp_path / "p.json")))
+    assert "SHAPE[:DTYPE[:HIGH]]" in line
+
+
+def test_corrupt_files(profile_path, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(profile_path.read_text()[:1000])
+    assert "truncated or corrupt" in one_line_error(monet("solve", str(bad), "--budget", "0.5"))
+    assert "truncated or corrupt" in one_line_error(monet("inspect", str(bad)))
+
+
+def test_verbose_shows_traceback(tmp_path):
+    r = monet("-v", "profile", "torchvision:resnet_nope", "--batch", "2", "-o", str(tmp_path / "p"))
+    assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+def test_usage_errors():
+    r = monet("solve")
+    assert r.returncode == 2 and "usage" in r.stderr

@@ -1,0 +1,83 @@
+"""The planner: its memory model against the independent simulator, the backends, errors."""
+import copy
+
+import pytest
+
+from conftest import model_case, train_step
+from planner import InfeasibleBudgetError, solve
+from planner.backends import SolveOptions
+from planner.formulation import build_stage_milp
+from planner.heuristic import structural_candidates
+from planner.schedule import Schedule, ScheduleError, Step, baseline_decisions, build_schedule
+from planner.simulator import SimulationError, simulate
+from planner.solve import planner_graph
+from runtime import load_plan
+
+OPTIONS = SolveOptions(time_limit_s=10)
+
+
+@pytest.mark.parametrize("name", ["gpt", "resnet18"])
+def test_formulation_memory_equals_simulator(name):
+    """For many different plans the MILP's memory rows give exactly the simulated peak."""
+    case = model_case(name)
+    graph = planner_graph(case.profile)
+    times = [n.time_s for n in case.profile.nodes]
+    milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None)
+    plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
+    for d in plans:
+        assert milp.evaluate_peak(d) == simulate(case.profile, build_schedule(graph, d)).peak_bytes
+
+
+def test_schedule_refuses_missing_tensors(gpt_case):
+    graph = planner_graph(gpt_case.profile)
+    d = baseline_decisions(graph)
+    k = next(k for k in range(len(graph.stages)) if graph.stage_need_storages(k))
+    d.keep[k] -= graph.stage_need_storages(k)
+    with pytest.raises(ScheduleError, match="neither kept nor recomputed"):
+        build_schedule(graph, d)
+
+
+def test_simulator_checks_inputs_independently(gpt_case):
+    graph = planner_graph(gpt_case.profile)
+    good = build_schedule(graph, baseline_decisions(graph))
+    first_run = next(i for i, s in enumerate(good.forward) if s.kind == "run")
+    broken = Schedule(forward=good.forward[first_run + 1:], backward=good.backward,
+                      saved=good.saved)
+    with pytest.raises(SimulationError):
+        simulate(gpt_case.profile, broken)
+    with pytest.raises(SimulationError, match="freed but not held"):
+        simulate(gpt_case.profile, Schedule(forward=[Step("free", good.forward[0].node, -1)]))
+
+
+def test_infeasible_budget_names_a_feasible_one(gpt_case):
+    with pytest.raises(InfeasibleBudgetError, match="smallest feasible budget is") as err:
+        solve(gpt_case.profile, 0.05, options=OPTIONS)
+    smallest = err.value.smallest_feasible
+    plan = solve(gpt_case.profile, smallest, options=OPTIONS)
+    assert plan.predicted_peak_bytes <= smallest
+
+
+def test_cbc_backend_gives_a_correct_plan(gpt_case):
+    plan = solve(gpt_case.profile, 0.7, backend="cbc", options=OPTIONS)
+    assert plan.solver.name == "cbc"
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    model = load_plan(copy.deepcopy(gpt_case.model), plan)
+    result = train_step(model, gpt_case.inputs)
+    assert model.last_peak_bytes == plan.predicted_peak_bytes
+    for name, grad in gpt_case.eager.grads.items():
+        assert (result.grads[name] == grad).all()
+
+
+def test_lower_budget_costs_time_and_solver_reports_gap(gpt_case):
+    loose = solve(gpt_case.profile, 0.8, options=OPTIONS)
+    tight = solve(gpt_case.profile, 0.65, options=OPTIONS)
+    assert tight.predicted_peak_bytes <= loose.budget_bytes
+    assert tight.predicted_time_s >= loose.predicted_time_s >= loose.baseline_time_s
+    assert tight.solver.bound is not None and tight.solver.gap is not None
+    assert 0 <= tight.solver.gap <= 1
+    assert tight.solver_peak_bytes == tight.predicted_peak_bytes
+
+
+def test_unknown_solver():
+    with pytest.raises(ValueError, match="unknown solver"):
+        solve(model_case("gpt").profile, 0.6, backend="gurobi", options=OPTIONS)
