@@ -100,10 +100,9 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
           options: SolveOptions | None = None) -> Plan:
     """The fastest plan for ``profile`` whose peak memory is at most ``budget``.
 
-    Heuristic plans from the LP relaxation come first; if none fits, a lowest-memory MILP
-    search stops at the first plan that does (or names the smallest feasible budget); then
-    the fastest plan within the budget is searched from the best plan so far. Raises
-    InfeasibleBudgetError when no plan fits.
+    Heuristic checkpoint plans come first; the MILP then searches the fastest plan within
+    the budget, warm-started from the best heuristic plan that fits. If nothing fits, a
+    lowest-memory search names the smallest feasible budget in InfeasibleBudgetError.
     """
     options = options or SolveOptions()
     graph = planner_graph(profile)
@@ -122,37 +121,37 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     t0 = time.perf_counter()
     candidates = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4)
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
-    if not fitting:
-        lowest, outcome = _lowest_peak(profile, graph, backend, replace(
-            options, time_limit_s=options.time_limit_s / 2), candidates)
-        if lowest.result.peak_bytes > budget_bytes:
-            raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
-                                        _floor_text(profile, graph),
-                                        proven=outcome.status == "optimal")
-        fitting = [lowest]
-    start = min(fitting, key=lambda e: e.result.time_s)
-    log.info("best heuristic plan: peak %s, time %+.2f%%", format_bytes(start.result.peak_bytes),
-             100 * (start.result.time_s / base.result.time_s - 1))
-    elapsed = time.perf_counter() - t0
-    remaining = max(options.time_limit_s - elapsed, 0.25 * options.time_limit_s)
+    start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
+    remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
     milp = build_stage_milp(graph, times, budget_bytes)
-    warm = milp.represents(start.decisions)
+    warm = start is not None and milp.represents(start.decisions)
     if warm:
         milp.set_start(start.decisions)
     outcome = solve_problem(milp.problem, backend,
                             replace(options, time_limit_s=remaining, warm_start=warm))
-    best = start
     if outcome.has_solution:
         ev = evaluate(profile, graph, milp.decisions(len(graph.stages)))
-        if ev.result.peak_bytes <= budget_bytes and ev.result.time_s <= start.result.time_s:
-            best = ev
+        if ev.result.peak_bytes <= budget_bytes:
+            fitting.append(ev)
+    if not fitting:
+        # No plan found: the lowest-memory search names the smallest feasible budget (or,
+        # if the solver merely ran out of time, may still find a plan that fits).
+        lowest, low_outcome = _lowest_peak(profile, graph, backend, replace(
+            options, time_limit_s=0.5 * options.time_limit_s), candidates)
+        if lowest.result.peak_bytes > budget_bytes:
+            raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
+                                        _floor_text(profile, graph),
+                                        proven=low_outcome.status == "optimal")
+        fitting.append(lowest)
+    best = min(fitting, key=lambda e: e.result.time_s)
     solver_peak = milp.evaluate_peak(best.decisions)
     objective = best.result.time_s - base.result.time_s
     bound = outcome.bound
     gap = None
     if bound is not None:
         gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)
-    status = outcome.status if best is not start else "heuristic"
+    from_solver = outcome.has_solution and best is fitting[-1] and best not in candidates
+    status = outcome.status if from_solver else "heuristic"
     info = SolverInfo(name=backend, status=status, time_limit_s=options.time_limit_s,
                       solve_time_s=time.perf_counter() - t0, objective=objective,
                       bound=bound, gap=gap, variables=len(milp.problem.variables()),

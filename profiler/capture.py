@@ -90,14 +90,16 @@ def _tensors_of(val: Any) -> list[torch.Tensor]:
     return []
 
 
-def _module_path(node: fx.Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    if stack:
-        return list(stack.values())[-1][0]
-    fwd = node.meta.get("fwd_nn_module_stack") or {}
-    if fwd:
-        return list(fwd.values())[-1][0]
-    return ""
+def _module_paths(records: list[NodeRecord]) -> None:
+    """Name each node after the module whose parameters it reads, else after its inputs'
+    (the joint export records no module stack)."""
+    for r in records:
+        if r.role in (PARAM, BUFFER):
+            r.module = r.desc.rsplit(".", 1)[0] if "." in r.desc else ""
+            continue
+        owners = [records[i].module for i in r.inputs if records[i].role in (PARAM, BUFFER)]
+        inherited = [records[i].module for i in r.inputs if records[i].module]
+        r.module = (owners or inherited or [""])[0]
 
 
 def _is_random(node: fx.Node) -> bool:
@@ -165,7 +167,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
             role=role, inputs=[index[a] for a in n.all_input_nodes], storages=storages,
             new_storages=new if n.op != "placeholder" else [], shape=shape,
             dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),
-            desc=desc, module=_module_path(n)))
+            desc=desc))
 
     outputs = []
     for arg, desc in zip(output_node.args[0], output_node.meta.get("desc", [])):
@@ -194,6 +196,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         if r.role == BACKWARD and r.target == "<built-in function getitem>" and \
                 records[r.inputs[0]].role == FORWARD:
             r.role = FORWARD
+    _module_paths(records)
     for r, n in zip(records, graph_nodes):
         n.meta["monet_role"] = r.role
         n.meta["monet_index"] = r.index
