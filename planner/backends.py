@@ -49,7 +49,8 @@ class _WarmHiGHS(pulp.HiGHS):
 
 @dataclass
 class SolveOutcome:
-    status: str  # "optimal" | "feasible" (limit hit, incumbent found) | "infeasible" | "no_solution"
+    # "optimal" | "feasible" (limit hit, incumbent found) | "infeasible" | "no_solution"
+    status: str
     objective: float | None
     bound: float | None
     seconds: float

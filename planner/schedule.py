@@ -48,7 +48,7 @@ def baseline_decisions(graph: PlannerGraph) -> Decisions:
     for k in range(len(graph.stages)):
         for s in graph.stage_need_storages(k):
             last[s] = k
-    keep = [{s for s, l in last.items() if l >= k} for k in range(len(graph.stages))]
+    keep = [{s for s, final in last.items() if final >= k} for k in range(len(graph.stages))]
     return Decisions(keep=keep, recompute=[set() for _ in graph.stages])
 
 

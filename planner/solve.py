@@ -26,8 +26,9 @@ class InfeasibleBudgetError(ValueError):
                  proven: bool = True):
         self.budget = budget
         self.smallest_feasible = smallest_feasible
+        note = "" if proven else ", the best found in the time limit"
         found = (f"the smallest feasible budget is {format_bytes(smallest_feasible)} "
-                 f"({smallest_feasible} bytes{'' if proven else ', the best found in the time limit'})"
+                 f"({smallest_feasible} bytes{note})"
                  if smallest_feasible is not None
                  else "no feasible budget was found within the time limit")
         super().__init__(f"budget {format_bytes(budget)} ({budget} bytes) is infeasible: "

@@ -2,7 +2,7 @@
 
 Imports nothing from ``planner`` or ``runtime``.
 """
-from .capture import CaptureError, CapturedGraph, capture
+from .capture import CapturedGraph, CaptureError, capture
 from .ir import NodeRecord, OutputRecord, Profile, ProfileFormatError
 from .models import ModelSpecError, load_model
 from .profile import device_name, profile_captured, profile_model

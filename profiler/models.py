@@ -27,7 +27,8 @@ _DTYPES = {name: getattr(torch, name) for name in (
     "float16", "bfloat16", "float32", "float64", "int32", "int64", "uint8", "bool")}
 
 
-def parse_input_spec(spec: str, device: str = "cpu", generator: torch.Generator | None = None) -> torch.Tensor:
+def parse_input_spec(spec: str, device: str = "cpu",
+                     generator: torch.Generator | None = None) -> torch.Tensor:
     """Make one example tensor from a ``SHAPE[:DTYPE[:HIGH]]`` specification."""
     parts = spec.split(":")
     if not re.fullmatch(r"\d+(x\d+)*", parts[0]) or len(parts) > 3:

@@ -118,7 +118,8 @@ def measure_times(captured: CapturedGraph, model: torch.nn.Module,
                     continue
                 if n.op != "call_function":
                     continue
-                args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: env[a.meta["monet_index"]])
+                args, kwargs = fx.node.map_arg((n.args, n.kwargs),
+                                               lambda a: env[a.meta["monet_index"]])
                 elapsed = _time_call(n.target, args, kwargs, cuda, env, r.index)
                 if rep >= warmup:
                     samples[r.index].append(elapsed)

@@ -21,8 +21,8 @@ def _profile(args: argparse.Namespace) -> None:
                             repeats=args.repeats)
     profile.save(args.output)
     from planner.budget import format_bytes
-    from planner.solve import evaluate, planner_graph
     from planner.schedule import baseline_decisions
+    from planner.solve import evaluate, planner_graph
     graph = planner_graph(profile)
     base = evaluate(profile, graph, baseline_decisions(graph))
     print(f"{args.output}: {len(profile.nodes)} nodes, {len(graph.stages)} backward stages, "

@@ -15,7 +15,7 @@ import torch
 from planner.graph import PlannerGraph
 from planner.plan import Plan
 from planner.schedule import build_schedule
-from profiler.capture import CaptureError, CapturedGraph, capture
+from profiler.capture import CapturedGraph, CaptureError, capture
 from profiler.ir import BUFFER, INPUT, PARAM, TANGENT
 from profiler.profile import device_name
 

@@ -46,7 +46,8 @@ def train_step(model: torch.nn.Module, inputs, seed: int = 1234) -> StepResult:
     loss.backward()
     named = model.module if hasattr(model, "runner") else model
     return StepResult(output.detach(), loss.detach(),
-                      {n: p.grad.clone() for n, p in named.named_parameters() if p.grad is not None},
+                      {n: p.grad.clone() for n, p in named.named_parameters()
+                       if p.grad is not None},
                       {n: b.clone() for n, b in named.named_buffers()}, torch.get_rng_state())
 
 

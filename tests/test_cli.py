@@ -72,7 +72,8 @@ def test_infeasible_budget_names_smallest_and_writes_nothing(profile_path, tmp_p
 ])
 def test_unknown_models(model, message, tmp_path):
     out = tmp_path / "p.json"
-    line = one_line_error(monet("profile", model, "--batch", "2", "--image-size", "32", "-o", str(out)))
+    line = one_line_error(monet("profile", model, "--batch", "2", "--image-size", "32",
+                                "-o", str(out)))
     assert message in line
     assert not out.exists()
 
