@@ -91,6 +91,21 @@ class StageMILP:
         return best
 
 
+def storage_lifetimes(graph: PlannerGraph, order: list[int], node_last_use: dict[int, int]
+                      ) -> tuple[dict[int, int], dict[int, int]]:
+    """For the nodes run in ``order``: the position where each storage is allocated, and
+    the last position where any node referencing it is live (views keep their base)."""
+    created_at: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    for t, n in enumerate(order):
+        end = max(node_last_use[n], t)
+        for s in graph.nodes[n].storages:
+            last_use[s] = max(last_use.get(s, -1), end)
+        for s in graph.nodes[n].new_storages:
+            created_at[s] = t
+    return created_at, last_use
+
+
 def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
                         base: int) -> list[pulp.LpAffineExpression]:
     """Memory after each forward step, linear in the after-forward keep variables.
@@ -98,16 +113,7 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
     Rows dominated by a later row (same or larger constant, superset of variables) are
     dropped: the set of storages past their last use only grows along the forward pass.
     """
-    last_use: dict[int, int] = {}
-    created_at: dict[int, int] = {}
-    pos = {n: t for t, n in enumerate(graph.forward)}
-    for n in graph.forward:
-        end = graph.forward_last_use[n]
-        for s in graph.nodes[n].storages:
-            if s in graph.creator:
-                last_use[s] = max(last_use.get(s, -1), end, pos[n])
-        for s in graph.nodes[n].new_storages:
-            created_at[s] = pos[n]
+    created_at, last_use = storage_lifetimes(graph, graph.forward, graph.forward_last_use)
     by_step: list[list[int]] = [[] for _ in graph.forward]
     for s, t in created_at.items():
         by_step[t].append(s)
@@ -136,15 +142,7 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
 
 def backward_live_bytes(graph: PlannerGraph) -> list[int]:
     """Bytes of backward-allocated storages live while each executed node runs."""
-    last_use: dict[int, int] = {}
-    created_at: dict[int, int] = {}
-    pos = {n: t for t, n in enumerate(graph.executed)}
-    for n in graph.executed:
-        end = graph.backward_last_use[n]
-        for s in graph.nodes[n].storages:
-            last_use[s] = max(last_use.get(s, -1), end, pos[n])
-        for s in graph.nodes[n].new_storages:
-            created_at[s] = pos[n]
+    created_at, last_use = storage_lifetimes(graph, graph.executed, graph.backward_last_use)
     live = [0] * len(graph.executed)
     for s, t in created_at.items():
         stop = min(last_use[s], len(graph.executed) - 1) if last_use[s] < END else \
