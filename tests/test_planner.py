@@ -76,6 +76,9 @@ def test_lower_budget_costs_time_and_solver_reports_gap(gpt_case):
     assert tight.solver.bound is not None and tight.solver.gap is not None
     assert 0 <= tight.solver.gap <= 1
     assert tight.solver_peak_bytes == tight.predicted_peak_bytes
+    # The solver's objective is the simulator's extra time when the solver's plan is kept.
+    extra = tight.predicted_time_s - tight.baseline_time_s
+    assert tight.solver.objective == pytest.approx(extra, rel=1e-6, abs=1e-12)
 
 
 def test_unknown_solver():
