@@ -9,8 +9,7 @@ OUT ?= out
 install:
 	@$(PYTHON) -c "import torch, torchvision" 2>/dev/null || \
 		$(PIP) install -q "torch==2.14.1" "torchvision==0.29.1"
-	@$(PYTHON) -c "import runtime.cli, pulp, highspy, networkx, pytest" 2>/dev/null && \
-		$(PIP) show -q monet-planner >/dev/null 2>&1 || $(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test]"
 
 demo: install
 	mkdir -p $(OUT)
