@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import networkx as nx
 import pulp
-
-from profiler.ir import FORWARD
 
 from .graph import END, PlannerGraph
 from .schedule import Decisions
@@ -40,8 +39,6 @@ class StageMILP:
     recompute: dict[tuple[int, int], pulp.LpVariable]
     memory_rows: list[pulp.LpAffineExpression] = field(default_factory=list)
     peak: pulp.LpVariable | None = None
-    base_time_s: float = 0.0
-    op_time: dict[int, float] = field(default_factory=dict)
 
     def decisions(self, stages: int) -> Decisions:
         keep = [set() for _ in range(stages)]
@@ -152,26 +149,18 @@ def backward_live_bytes(graph: PlannerGraph) -> list[int]:
     return live
 
 
-def recompute_candidates(graph: PlannerGraph, k: int, ops: set[int],
+def recompute_candidates(graph: PlannerGraph, dag: nx.DiGraph, k: int, ops: set[int],
                          max_depth: int | None) -> set[int]:
     """Forward ops stage k may recompute: ancestors of its needs at most ``max_depth``
     recomputed ops away (aliases are free and do not count)."""
-    best: dict[int, int] = {}
-    found: set[int] = set()
-    frontier = [(0, n) for n in graph.stage_needs[k]]
-    while frontier:
-        depth, n = frontier.pop()
-        node = graph.nodes[n]
-        if node.role != FORWARD or best.get(n, 1 << 30) <= depth:
-            continue
-        best[n] = depth
-        if n in ops:
-            if max_depth is not None and depth >= max_depth:
-                continue
-            found.add(n)
-            depth += 1
-        frontier.extend((depth, i) for i in node.inputs)
-    return set(found)
+    if not graph.stage_needs[k]:
+        return set()
+    # On the reversed forward graph, stepping from a consumer to its input costs 1 when the
+    # consumer is an op that would be recomputed, so an op's distance counts the ops above it.
+    dist = nx.multi_source_dijkstra_path_length(
+        dag.reverse(copy=False), graph.stage_needs[k], cutoff=max_depth,
+        weight=lambda consumer, _input, _data: 1 if consumer in ops else 0)
+    return {n for n, d in dist.items() if n in ops and (max_depth is None or d < max_depth)}
 
 
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
@@ -185,7 +174,9 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
 
-    anc_nodes = [recompute_candidates(graph, k, ops, max_recompute_depth) for k in range(K)]
+    dag = graph.forward_dag()
+    anc_nodes = [recompute_candidates(graph, dag, k, ops, max_recompute_depth)
+                 for k in range(K)]
     # Events of a storage: the stages that may read or recompute it. Between two events a
     # storage is either held throughout or not at all (dropping it earlier is never worse),
     # so one keep variable per event suffices: it covers the stages since the last event.
@@ -247,8 +238,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
         fixed = base + pinned + tangents + max(bwd_live[bpos[e]] for e in graph.stages[k])
         rows.append(pulp.LpAffineExpression(terms[k], constant=fixed))
 
-    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows,
-                     base_time_s=sum(times), op_time={o: times[o] for o in ops})
+    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows)
     recompute_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
     if minimize_peak:
         milp.peak = pulp.LpVariable("peak_mib", lowBound=0)
