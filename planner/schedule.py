@@ -98,8 +98,9 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             raise ScheduleError(f"stage {k} needs {nodes[m].name}, which is neither kept "
                                 "nor recomputed")
 
+        held_storages = env_storages(graph, env)  # recomputed ops allocate new storages
         for o in sorted(decisions.recompute[k]):
-            if any(s in env_storages(graph, env) for s in nodes[o].new_storages):
+            if any(s in held_storages for s in nodes[o].new_storages):
                 raise ScheduleError(f"stage {k} recomputes {nodes[o].name} while holding it")
             for i in nodes[o].inputs:
                 ensure(i)

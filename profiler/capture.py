@@ -200,7 +200,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
     for r, n in zip(records, graph_nodes):
         n.meta["monet_role"] = r.role
         n.meta["monet_index"] = r.index
-    if any(r.role == TANGENT for r in records) is False:
+    if not any(r.role == TANGENT for r in records):
         raise CaptureError("the model output does not require grad: nothing to train")
 
     params = [p for p in model.parameters()]
@@ -224,7 +224,7 @@ def graph_hash(captured: CapturedGraph) -> str:
     h = hashlib.sha256()
     for r, n in zip(captured.records, captured.nodes):
         args = fx.node.map_arg((n.args, n.kwargs), lambda a: f"%{a.meta['monet_index']}")
-        h.update(repr((r.target, r.role, r.desc if r.role != "forward" else "", r.inputs,
+        h.update(repr((r.target, r.role, r.desc, r.inputs,
                        r.shape, r.dtype, r.storages, r.new_storages, args)).encode())
     h.update(repr([(o.kind, o.node, o.target) for o in captured.outputs]).encode())
     h.update(repr((captured.device, captured.dtype, captured.input_requires_grad)).encode())
