@@ -3,7 +3,11 @@
 Variables, for stage k (0 = right after the forward pass):
 
 * ``S[k][s]`` = 1 if forward storage s is held at the start of stage k;
-* ``R[k][o]`` = 1 if forward op o is recomputed at the start of stage k.
+* ``R[k][o]`` = 1 if forward op o is recomputed at the start of stage k;
+* ``U[e][v]`` = 1 if site e runs operator variant v (at most one per site; none: the
+  original). A variant swaps the site's needs for its own (its pack's output, kept from
+  the forward pass), changes the step time by its pack's and implementation's time minus
+  the site's, and adds its workspace at the site's position.
 
 Constraints: a stage's needs are held or recomputed; a recomputed op's inputs are held or
 recomputed in the same stage; a storage is held at stage k+1 only if it was held or
@@ -39,6 +43,7 @@ class StageMILP:
     recompute: dict[tuple[int, int], pulp.LpVariable]
     memory_rows: list[pulp.LpAffineExpression] = field(default_factory=list)
     peak: pulp.LpVariable | None = None
+    variant: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
 
     def decisions(self, stages: int) -> Decisions:
         keep = [set() for _ in range(stages)]
@@ -49,7 +54,18 @@ class StageMILP:
         for (k, o), v in self.recompute.items():
             if (v.value() or 0) > 0.5:
                 recompute[k].add(o)
-        return Decisions(keep=keep, recompute=recompute)
+        variants = {e: name for (e, name), v in self.variant.items() if (v.value() or 0) > 0.5}
+        return Decisions(keep=keep, recompute=recompute, variants=variants)
+
+    def _values(self, decisions: Decisions) -> dict[str, int]:
+        value = {}
+        for (k, s), v in self.keep.items():
+            value[v.name] = 1 if s in decisions.keep[k] else 0
+        for (k, o), v in self.recompute.items():
+            value[v.name] = 1 if o in decisions.recompute[k] else 0
+        for (e, name), v in self.variant.items():
+            value[v.name] = 1 if decisions.variants.get(e) == name else 0
+        return value
 
     def represents(self, decisions: Decisions) -> bool:
         """Whether ``decisions`` is a point of this problem (recomputes within the window,
@@ -59,6 +75,8 @@ class StageMILP:
             return False
         if any((k, s) not in self.keep for k, kept in enumerate(decisions.keep) for s in kept):
             return False
+        if any(choice not in self.variant for choice in decisions.variants.items()):
+            return False
         value: dict[str, bool] = {}
         for (k, s), v in self.keep.items():
             if value.setdefault(v.name, s in decisions.keep[k]) != (s in decisions.keep[k]):
@@ -67,20 +85,15 @@ class StageMILP:
 
     def set_start(self, decisions: Decisions) -> None:
         """Give every variable the value it has in ``decisions`` (a solver warm start)."""
-        for (k, s), v in self.keep.items():
-            v.varValue = 1 if s in decisions.keep[k] else 0
-        for (k, o), v in self.recompute.items():
-            v.varValue = 1 if o in decisions.recompute[k] else 0
+        value = self._values(decisions)
+        for v in (*self.keep.values(), *self.recompute.values(), *self.variant.values()):
+            v.varValue = value[v.name]
         if self.peak is not None:
             self.peak.varValue = self.evaluate_peak(decisions) * MIB_SCALE
 
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""
-        value = {}
-        for (k, s), v in self.keep.items():
-            value[v.name] = 1 if s in decisions.keep[k] else 0
-        for (k, o), v in self.recompute.items():
-            value[v.name] = 1 if o in decisions.recompute[k] else 0
+        value = self._values(decisions)
         best = 0
         for row in self.memory_rows:
             total = row.constant + sum(c * value[v.name] for v, c in row.items())
@@ -107,33 +120,45 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
                         base: int) -> list[pulp.LpAffineExpression]:
     """Memory after each forward step, linear in the after-forward keep variables.
 
+    A pack node's output exists only when its variant is chosen, which is exactly when it
+    is kept (``keep0``): it and the pack's workspace are counted through that variable.
     Rows dominated by a later row (same or larger constant, superset of variables) are
     dropped: the set of storages past their last use only grows along the forward pass.
     """
+    optional = {s for p in graph.packs for s in graph.nodes[p].new_storages}
     created_at, last_use = storage_lifetimes(graph, graph.forward, graph.forward_last_use)
     by_step: list[list[int]] = [[] for _ in graph.forward]
     for s, t in created_at.items():
         by_step[t].append(s)
-    rows: list[tuple[int, pulp.LpAffineExpression]] = []
+    rows: list[tuple[int, pulp.LpAffineExpression, bool]] = []
     created: list[int] = []
     for t in range(len(graph.forward)):
         created.extend(by_step[t])
         fixed = base
         expr = pulp.LpAffineExpression()
+        n = graph.forward[t]
+        if n in graph.packs and graph.nodes[n].workspace_bytes:
+            for s in graph.nodes[n].new_storages:
+                if s in keep0:
+                    expr += graph.nodes[n].workspace_bytes * keep0[s]
         for s in created:
             b = graph.storage_bytes[s]
-            if last_use[s] >= t or s in graph.pinned_storages:
+            if s in optional:
+                if s in keep0:
+                    expr += b * keep0[s]
+            elif last_use[s] >= t or s in graph.pinned_storages:
                 fixed += b
             elif s in keep0:
                 expr += b * keep0[s]
         expr += fixed
-        rows.append((fixed, expr))
+        # A pack's workspace term appears in its own row only: never dominated.
+        rows.append((fixed, expr, n in graph.packs))
     kept: list[pulp.LpAffineExpression] = []
     best_later = -1
-    for fixed, expr in reversed(rows):
-        if fixed > best_later:
+    for fixed, expr, transient in reversed(rows):
+        if fixed > best_later or transient:
             kept.append(expr)
-            best_later = fixed
+            best_later = max(best_later, fixed)
     return kept
 
 
@@ -149,40 +174,52 @@ def backward_live_bytes(graph: PlannerGraph) -> list[int]:
     return live
 
 
-def recompute_candidates(graph: PlannerGraph, dag: nx.DiGraph, k: int, ops: set[int],
+def recompute_candidates(graph: PlannerGraph, dag: nx.DiGraph, needs: set[int], ops: set[int],
                          max_depth: int | None) -> set[int]:
-    """Forward ops stage k may recompute: ancestors of its needs at most ``max_depth``
-    recomputed ops away (aliases are free and do not count)."""
-    if not graph.stage_needs[k]:
+    """Forward ops a stage needing ``needs`` may recompute: their ancestors at most
+    ``max_depth`` recomputed ops away (aliases are free and do not count; pack nodes are
+    never recomputed, so they are no sources)."""
+    sources = needs - graph.packs.keys()
+    if not sources:
         return set()
     # On the reversed forward graph, stepping from a consumer to its input costs 1 when the
     # consumer is an op that would be recomputed, so an op's distance counts the ops above it.
     dist = nx.multi_source_dijkstra_path_length(
-        dag.reverse(copy=False), graph.stage_needs[k], cutoff=max_depth,
+        dag.reverse(copy=False), sources, cutoff=max_depth,
         weight=lambda consumer, _input, _data: 1 if consumer in ops else 0)
     return {n for n, d in dist.items() if n in ops and (max_depth is None or d < max_depth)}
 
 
+def _storages(graph: PlannerGraph, nodes: set[int]) -> set[int]:
+    out: set[int] = set()
+    for n in nodes:
+        out |= graph.planned_storages(n)
+    return out
+
+
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
-                     minimize_peak: bool = False,
-                     max_recompute_depth: int | None = 12) -> StageMILP:
-    """The MILP for ``graph``: minimise recompute time under ``budget`` bytes, or (with
-    ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
+                     minimize_peak: bool = False, max_recompute_depth: int | None = 12,
+                     use_variants: bool = True) -> StageMILP:
+    """The MILP for ``graph``: minimise the step's extra time under ``budget`` bytes, or
+    (with ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
     ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
-    at no cost for the budgets where longer chains would not pay."""
+    at no cost for the budgets where longer chains would not pay. Without
+    ``use_variants`` every site runs its original implementation."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
+    sites = {e: vs for e, vs in graph.variants.items() if use_variants}
+    stage_needs = graph.stage_needs_any if use_variants else graph.stage_needs
 
     dag = graph.forward_dag()
-    anc_nodes = [recompute_candidates(graph, dag, k, ops, max_recompute_depth)
+    anc_nodes = [recompute_candidates(graph, dag, stage_needs[k], ops, max_recompute_depth)
                  for k in range(K)]
     # Events of a storage: the stages that may read or recompute it. Between two events a
     # storage is either held throughout or not at all (dropping it earlier is never worse),
     # so one keep variable per event suffices: it covers the stages since the last event.
     events: dict[int, list[int]] = {}
     for k in range(K):
-        useful = graph.stage_need_storages(k)
+        useful = _storages(graph, stage_needs[k])
         for o in anc_nodes[k]:
             useful |= graph.planned_storages(o) | graph.op_inputs(o)
         for s in useful:
@@ -190,6 +227,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
 
     S: dict[tuple[int, int], pulp.LpVariable] = {}
     R: dict[tuple[int, int], pulp.LpVariable] = {}
+    U: dict[tuple[int, str], pulp.LpVariable] = {}
     for s, stages in events.items():
         k = 0
         for e in stages:
@@ -200,6 +238,11 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     for k in range(K):
         for o in sorted(anc_nodes[k] & ops):
             R[k, o] = pulp.LpVariable(f"R_{k}_{o}", cat="Binary")
+    for e, vs in sorted(sites.items()):
+        for v in vs:
+            U[e, v.name] = pulp.LpVariable(f"U_{e}_{v.name}", cat="Binary")
+        if len(vs) > 1:
+            prob += pulp.lpSum(U[e, v.name] for v in vs) <= 1, f"one_variant_{e}"
 
     def avail(k: int, s: int) -> pulp.LpAffineExpression:
         e = pulp.LpAffineExpression()
@@ -211,8 +254,27 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
         return e
 
     for k in range(K):
-        for s in graph.stage_need_storages(k):
+        # Needs every choice of the stage shares are hard; the others follow the choice.
+        always: set[int] = set()
+        for e in graph.stages[k]:
+            if e in sites:
+                options = [graph.needs_of_choice[e, ""]] + \
+                    [graph.needs_of_choice[e, v.name] for v in sites[e]]
+                always |= set.intersection(*map(set, options))
+            else:
+                always |= graph.forward_needs_of(e)
+        hard = _storages(graph, always)
+        for s in hard:
             prob += avail(k, s) >= 1, f"need_{k}_{s}"
+        for e in graph.stages[k]:
+            if e not in sites:
+                continue
+            original = 1 - pulp.lpSum(U[e, v.name] for v in sites[e])
+            for s in _storages(graph, graph.needs_of_choice[e, ""]) - hard:
+                prob += avail(k, s) >= original, f"need_{k}_{s}_orig_{e}"
+            for v in sites[e]:
+                for s in _storages(graph, graph.needs_of_choice[e, v.name]) - hard:
+                    prob += avail(k, s) >= U[e, v.name], f"need_{k}_{s}_{v.name}_{e}"
         for o in anc_nodes[k] & ops:
             for s in graph.op_inputs(o):
                 prob += avail(k, s) >= R[k, o], f"dep_{k}_{o}_{s}"
@@ -222,6 +284,12 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     for (k, s), v in S.items():
         if k + 1 < K and (k + 1, s) in S and S[k + 1, s] is not v:
             prob += S[k + 1, s] <= avail(k, s), f"carry_{k}_{s}"
+    # A pack's output exists only if one of its variants is chosen.
+    for p, vs in graph.packs.items():
+        for s in graph.nodes[p].new_storages:
+            if (0, s) in S:
+                prob += S[0, s] <= pulp.lpSum(U[v.site, v.name] for v in vs
+                                              if (v.site, v.name) in U), f"pack_{s}"
 
     base = sum(graph.storage_bytes[s] for s in graph.constant_storages)
     rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base)
@@ -235,21 +303,34 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     for (k, o), v in R.items():
         terms[k].append((v, graph.new_bytes(o)))
     for k in range(K):
-        fixed = base + pinned + tangents + max(bwd_live[bpos[e]] for e in graph.stages[k])
-        rows.append(pulp.LpAffineExpression(terms[k], constant=fixed))
+        const = base + pinned + tangents
+        plain = [bwd_live[bpos[e]] for e in graph.stages[k]
+                 if not any(graph.nodes[v.impl].workspace_bytes for v in sites.get(e, []))]
+        if plain:
+            rows.append(pulp.LpAffineExpression(terms[k], constant=const + max(plain)))
+        for e in graph.stages[k]:
+            ws = [(U[e, v.name], graph.nodes[v.impl].workspace_bytes) for v in sites.get(e, [])
+                  if graph.nodes[v.impl].workspace_bytes]
+            if ws:
+                rows.append(pulp.LpAffineExpression(terms[k] + ws,
+                                                    constant=const + bwd_live[bpos[e]]))
 
-    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows)
-    recompute_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
+    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U)
+    extra_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
+    for (e, name), v in U.items():
+        var = graph.variant(e, name)
+        delta = times[var.impl] - times[e] + (times[var.pack] if var.pack is not None else 0.0)
+        extra_time += delta * v
     if minimize_peak:
         milp.peak = pulp.LpVariable("peak_mib", lowBound=0)
         for i, row in enumerate(rows):
             prob += row * MIB_SCALE <= milp.peak, f"mem_{i}"
-        # The peak (MiB) dominates; recompute time, as a fraction of the step, breaks ties
+        # The peak (MiB) dominates; the extra time, as a fraction of the step, breaks ties
         # for at most 1e-4 MiB.
-        prob += milp.peak + 1e-4 / max(sum(times), 1e-12) * recompute_time
+        prob += milp.peak + 1e-4 / max(sum(times), 1e-12) * extra_time
     else:
         assert budget is not None
         for i, row in enumerate(rows):
             prob += row * MIB_SCALE <= budget * MIB_SCALE, f"mem_{i}"
-        prob += recompute_time
+        prob += extra_time
     return milp

@@ -15,6 +15,12 @@ Definitions (shared by the formulation, the schedule builder and the runtime):
 * a new *stage* starts at every executed backward node that needs a forward node. In a
   stage the planner's forward tensors (held and recomputed) stay live from its start to
   its end, when those not kept for the next stage are freed.
+* a *site* is an executed backward node with operator variants (``profiler.variants``).
+  A chosen variant runs its implementation node instead of the site, producing the site's
+  value, and its pack node (if any) runs in the forward pass right after the value it
+  reads; the pack's output is kept until the site's stage. What a stage needs therefore
+  depends on the variants chosen: ``stage_needs`` holds the needs with the original
+  implementations, ``needs_of_choice`` those of every option.
 """
 from __future__ import annotations
 
@@ -22,10 +28,22 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from profiler.ir import BACKWARD, CONSTANT_ROLES, FORWARD, TANGENT, NodeRecord, OutputRecord
+from profiler.ir import (BACKWARD, CONSTANT_ROLES, FORWARD, TANGENT, VARIANT_BACKWARD,
+                         VARIANT_FORWARD, NodeRecord, OutputRecord)
 
 END = 1 << 60  # a position after every other
 GETITEM = "<built-in function getitem>"
+FORWARD_ROLES = (FORWARD, VARIANT_FORWARD)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One operator variant of a site: its implementation node and its pack node."""
+
+    name: str
+    site: int
+    impl: int
+    pack: int | None
 
 
 @dataclass
@@ -52,6 +70,11 @@ class PlannerGraph:
     getitems: dict[int, list[int]] = field(default_factory=dict)  # tuple op -> its getitems
     forward_last_use: dict[int, int] = field(default_factory=dict)  # node -> forward position
     backward_last_use: dict[int, int] = field(default_factory=dict)  # node -> executed position
+    variants: dict[int, list[Variant]] = field(default_factory=dict)  # site -> its variants
+    packs: dict[int, list[Variant]] = field(default_factory=dict)  # pack node -> variants
+    site_stage: dict[int, int] = field(default_factory=dict)
+    needs_of_choice: dict[tuple[int, str], set[int]] = field(default_factory=dict)
+    stage_needs_any: list[set[int]] = field(default_factory=list)  # under any choice
 
     @classmethod
     def build(cls, nodes: list[NodeRecord], storage_bytes: dict[int, int],
@@ -71,8 +94,9 @@ class PlannerGraph:
             elif n.role == TANGENT:
                 self.tangent_nodes.append(n.index)
                 self.tangent_storages.update(n.storages)
-            elif n.role == FORWARD:
-                self.forward.append(n.index)
+            elif n.role in FORWARD_ROLES:
+                if n.role == FORWARD:
+                    self.forward.append(n.index)
                 if n.target == GETITEM:
                     self.getitems.setdefault(n.inputs[0], []).append(n.index)
                 for s in n.new_storages:
@@ -80,6 +104,7 @@ class PlannerGraph:
         # Getitems run right after their op, wherever the graph placed them.
         self.forward.sort(key=lambda i: (self.nodes[i].inputs[0], i)
                           if self.nodes[i].target == GETITEM else (i, -1))
+        self._place_variants()
         for o in self.outputs:
             if o.kind == "user":
                 self.user_output_nodes.append(o.node)
@@ -99,6 +124,20 @@ class PlannerGraph:
             else:
                 self.executed.append(n.index)
 
+    def _place_variants(self) -> None:
+        """Register variants and put each pack node right after the last value it reads."""
+        packs = {n.site: n.index for n in self.nodes if n.role == VARIANT_FORWARD}
+        for n in self.nodes:
+            if n.role == VARIANT_BACKWARD:
+                v = Variant(n.variant, n.site, n.index, packs.get(n.site))
+                self.variants.setdefault(n.site, []).append(v)
+                if v.pack is not None:
+                    self.packs.setdefault(v.pack, []).append(v)
+        for p in sorted(self.packs):
+            pos = {m: t for t, m in enumerate(self.forward)}
+            after = max(pos[i] for i in self.nodes[p].inputs if i in pos)
+            self.forward.insert(after + 1, p)
+
     def forward_needs_of(self, index: int) -> set[int]:
         """Forward nodes a backward node reads, directly or through derivable aliases."""
         needs: set[int] = set()
@@ -107,18 +146,28 @@ class PlannerGraph:
             i = stack.pop()
             if i in self.derivable:
                 stack.extend(self.nodes[i].inputs)
-            elif self.nodes[i].role == FORWARD and self.planned_storages(i):
+            elif self.nodes[i].role in FORWARD_ROLES and self.planned_storages(i):
                 needs.add(i)
         return needs
 
     def _stage(self) -> None:
         for e in self.executed:
             needs = self.forward_needs_of(e)
-            if needs or not self.stages:
+            options = [needs]
+            for v in self.variants.get(e, []):
+                self.needs_of_choice[e, v.name] = self.forward_needs_of(v.impl)
+                options.append(self.needs_of_choice[e, v.name])
+            if any(options) or not self.stages:
                 self.stages.append([])
                 self.stage_needs.append(set())
+                self.stage_needs_any.append(set())
             self.stages[-1].append(e)
             self.stage_needs[-1] |= needs
+            for o in options:
+                self.stage_needs_any[-1] |= o
+            if e in self.variants:
+                self.needs_of_choice[e, ""] = needs
+                self.site_stage[e] = len(self.stages) - 1
 
     def _liveness(self) -> None:
         pos = {n: t for t, n in enumerate(self.forward)}
@@ -148,8 +197,10 @@ class PlannerGraph:
                 and s not in self.pinned_storages}
 
     def ops(self) -> list[int]:
-        """Forward nodes that allocate planned storages: the ones that can be recomputed."""
+        """Forward nodes that allocate planned storages: the ones that can be recomputed
+        (pack nodes are not: they run in the forward pass or not at all)."""
         return [n for n in self.forward if not self.nodes[n].is_alias
+                and self.nodes[n].role == FORWARD
                 and any(s not in self.pinned_storages for s in self.nodes[n].new_storages)]
 
     def new_bytes(self, index: int) -> int:
@@ -170,8 +221,32 @@ class PlannerGraph:
             out |= self.planned_storages(i)
         return out
 
-    def stage_need_storages(self, k: int) -> set[int]:
+    def stage_need_storages(self, k: int, variants: dict[int, str] | None = None) -> set[int]:
+        """Planned storages stage k reads, with the ``variants`` chosen (site -> name)."""
+        if not variants:
+            needs = self.stage_needs[k]
+        else:
+            needs = set()
+            for e in self.stages[k]:
+                needs |= self.needs_of_choice.get((e, variants.get(e, "")), set()) \
+                    if e in self.variants else self.forward_needs_of(e)
         out: set[int] = set()
-        for n in self.stage_needs[k]:
+        for n in needs:
             out |= self.planned_storages(n)
+        return out
+
+    def variant(self, site: int, name: str) -> Variant:
+        for v in self.variants.get(site, []):
+            if v.name == name:
+                return v
+        raise KeyError(f"no variant {name!r} for node {self.nodes[site].name}")
+
+    def pack_storages(self, variants: dict[int, str]) -> dict[int, int]:
+        """Pack storages the chosen ``variants`` keep, with the stage that reads each."""
+        out: dict[int, int] = {}
+        for site, name in variants.items():
+            v = self.variant(site, name)
+            if v.pack is not None:
+                for s in self.nodes[v.pack].new_storages:
+                    out[s] = self.site_stage[site]
         return out

@@ -18,38 +18,44 @@ from .schedule import Decisions
 log = logging.getLogger(__name__)
 
 
-def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int]) -> Decisions:
-    """The plan that keeps the outputs of ``checkpoints`` and recomputes everything else
-    where it is needed."""
+def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
+                         variants: dict[int, str] | None = None) -> Decisions:
+    """The plan that keeps the outputs of ``checkpoints`` (and of the chosen ``variants``'
+    packs) and recomputes everything else where it is needed."""
     K = len(graph.stages)
+    variants = dict(variants or {})
     recompute: list[set[int]] = [set() for _ in range(K)]
     last_use: dict[int, int] = {}
     for k in range(K):
-        stack = list(graph.stage_need_storages(k))
+        stack = list(graph.stage_need_storages(k, variants))
         while stack:
             s = stack.pop()
             op = graph.creator[s]
-            if op in checkpoints:
+            if op in checkpoints or op in graph.packs:
                 last_use[s] = k
             elif op not in recompute[k]:
                 recompute[k].add(op)
                 stack.extend(graph.op_inputs(op))
     keep = [{s for s, last in last_use.items() if last >= k} for k in range(K)]
-    return Decisions(keep=keep, recompute=recompute)
+    return Decisions(keep=keep, recompute=recompute, variants=variants)
 
 
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
                            thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99),
-                           time_limit_s: float = 30.0) -> list[Decisions]:
+                           time_limit_s: float = 30.0, use_variants: bool = True
+                           ) -> list[Decisions]:
     """Checkpoint plans from the LP relaxation: ops whose outputs the LP keeps after the
-    forward pass to at least a threshold become checkpoints."""
-    milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None)
+    forward pass to at least a threshold become checkpoints; variants the LP chooses to at
+    least one half are chosen."""
+    milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
+                            use_variants=use_variants)
     for v in milp.problem.variables():
         v.cat = pulp.LpContinuous
     milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
     if milp.problem.sol_status != pulp.LpSolutionOptimal:
         log.info("LP relaxation not solved (%s)", pulp.LpStatus[milp.problem.status])
         return []
+    variants = {e: name for (e, name), v in milp.variant.items() if (v.value() or 0) >= 0.5}
     ops = graph.ops()
     score = {o: 0.0 for o in ops}
     for (k, s), v in milp.keep.items():
@@ -60,15 +66,16 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
         chosen = frozenset(o for o in ops if score[o] >= t)
         if chosen not in seen:
             seen.add(chosen)
-            candidates.append(checkpoint_decisions(graph, set(chosen)))
+            candidates.append(checkpoint_decisions(graph, set(chosen), variants))
     return candidates
 
 
-def structural_candidates(graph: PlannerGraph, times: list[float]) -> list[Decisions]:
+def structural_candidates(graph: PlannerGraph, times: list[float],
+                          variants: dict[int, str] | None = None) -> list[Decisions]:
     """Checkpoint plans that need no solver: every m-th op (sqrt(n)-style segments), and the
     ops that are expensive per byte they allocate (recompute the cheap ones)."""
     ops = graph.ops()
     sets = [set(ops[i::m]) for m in range(2, 11) for i in (0, m // 2)]
     by_cost = sorted(ops, key=lambda o: times[o] / max(1, graph.new_bytes(o)))
     sets += [set(by_cost[int(q * len(by_cost)):]) for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
-    return [checkpoint_decisions(graph, s) for s in sets]
+    return [checkpoint_decisions(graph, s, variants) for s in sets]

@@ -14,7 +14,7 @@ from profiler.ir import ProfileFormatError, read_json, write_json_atomic
 
 from .schedule import Decisions
 
-PLAN_SCHEMA_VERSION = 1
+PLAN_SCHEMA_VERSION = 2
 
 
 class PlanFormatError(ValueError):
@@ -57,12 +57,15 @@ class Plan:
     solver: SolverInfo
     keep: list[list[int]]  # per stage: forward storages held at its start
     recompute: list[list[int]]  # per stage: forward nodes recomputed at its start
+    variants: dict[str, str] = field(default_factory=dict)  # site node index -> variant
     nodes: list[dict[str, Any]] = field(default_factory=list)  # human-readable summary
+    variant_summary: list[dict[str, Any]] = field(default_factory=list)
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def decisions(self) -> Decisions:
         return Decisions(keep=[set(k) for k in self.keep],
-                         recompute=[set(r) for r in self.recompute])
+                         recompute=[set(r) for r in self.recompute],
+                         variants={int(k): v for k, v in self.variants.items()})
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from profiler.ir import FORWARD
+from profiler.ir import BACKWARD, FORWARD, VARIANT_FORWARD
 
-from .graph import PlannerGraph
+from .graph import FORWARD_ROLES, PlannerGraph
 
 
 class ScheduleError(ValueError):
@@ -18,17 +18,26 @@ class ScheduleError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One record of a schedule: ``run`` a node, or ``free`` the value of a node."""
+    """One record of a schedule: ``run`` a node, or ``free`` the value of a node. A run
+    with ``impl`` set runs that variant implementation node and stores its value as
+    ``node``."""
 
     kind: str  # "run" | "free"
     node: int
     stage: int  # -1 for the forward pass
+    impl: int = -1
+
+    @property
+    def runs(self) -> int:
+        """The node whose operation this step executes."""
+        return self.impl if self.impl >= 0 else self.node
 
 
 @dataclass
 class Schedule:
     forward: list[Step] = field(default_factory=list)
     backward: list[Step] = field(default_factory=list)
+    variants: dict[int, str] = field(default_factory=dict)  # site -> chosen variant
     saved: list[int] = field(default_factory=list)  # forward nodes held after the forward
     rng_nodes: list[int] = field(default_factory=list)  # random nodes that are recomputed
 
@@ -36,20 +45,29 @@ class Schedule:
 @dataclass
 class Decisions:
     """``keep[k]``: forward storages held at the start of stage k (``keep[0]``: after the
-    forward pass). ``recompute[k]``: forward ops run again at the start of stage k."""
+    forward pass). ``recompute[k]``: forward ops run again at the start of stage k.
+    ``variants``: the operator variant each site runs (site -> name; absent: original)."""
 
     keep: list[set[int]]
     recompute: list[set[int]]
+    variants: dict[int, str] = field(default_factory=dict)
 
 
-def baseline_decisions(graph: PlannerGraph) -> Decisions:
+def baseline_decisions(graph: PlannerGraph, variants: dict[int, str] | None = None
+                       ) -> Decisions:
     """Keep every needed forward tensor until its last use; recompute nothing."""
+    variants = dict(variants or {})
     last: dict[int, int] = {}
     for k in range(len(graph.stages)):
-        for s in graph.stage_need_storages(k):
+        for s in graph.stage_need_storages(k, variants):
             last[s] = k
     keep = [{s for s, final in last.items() if final >= k} for k in range(len(graph.stages))]
-    return Decisions(keep=keep, recompute=[set() for _ in graph.stages])
+    return Decisions(keep=keep, recompute=[set() for _ in graph.stages], variants=variants)
+
+
+def all_variants(graph: PlannerGraph) -> dict[int, str]:
+    """Every site with its first registered variant."""
+    return {site: vs[0].name for site, vs in graph.variants.items()}
 
 
 def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
@@ -57,9 +75,11 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     if len(decisions.keep) != len(graph.stages) or len(decisions.recompute) != len(graph.stages):
         raise ScheduleError(f"decisions for {len(decisions.keep)} stages, graph has "
                             f"{len(graph.stages)}")
-    sched = Schedule()
+    sched = Schedule(variants=dict(decisions.variants))
     fixed = graph.constant_storages | graph.pinned_storages
     nodes = graph.nodes
+    impl = {site: graph.variant(site, name) for site, name in decisions.variants.items()}
+    packs_run = {v.pack for v in impl.values() if v.pack is not None}
 
     def held(n: int, kept: set[int]) -> bool:
         return all(s in kept or s in fixed for s in nodes[n].storages)
@@ -68,6 +88,12 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     kept0 = decisions.keep[0] if decisions.keep else set()
     env: set[int] = set()
     for t, n in enumerate(graph.forward):
+        if n in graph.packs and n not in packs_run:
+            for m in nodes[n].inputs:  # the pack does not run: free what it would have
+                if m in env and graph.forward_last_use[m] <= t and not held(m, kept0):
+                    env.discard(m)
+                    sched.forward.append(Step("free", m, -1))
+            continue
         sched.forward.append(Step("run", n, -1))
         env.add(n)
         for m in (*nodes[n].inputs, n):
@@ -87,7 +113,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     steps = sched.backward
     for k, stage in enumerate(graph.stages):
         def ensure(m: int) -> None:
-            if m in env or nodes[m].role not in (FORWARD, "backward"):
+            if m in env or nodes[m].role not in (FORWARD, BACKWARD, VARIANT_FORWARD):
                 return
             if nodes[m].is_alias and (nodes[m].role == FORWARD or m in graph.derivable):
                 for i in nodes[m].inputs:
@@ -112,9 +138,10 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                 steps.append(Step("run", g, k))
                 env.add(g)
         for e in stage:
-            for i in nodes[e].inputs:
+            runs = impl[e].impl if e in impl else e
+            for i in nodes[runs].inputs:
                 ensure(i)
-            steps.append(Step("run", e, k))
+            steps.append(Step("run", e, k, impl=runs if e in impl else -1))
             env.add(e)
             for m in (*nodes[e].inputs, e):
                 if m in bpos and m in env and graph.backward_last_use[m] <= bpos[e]:
@@ -122,7 +149,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                     steps.append(Step("free", m, k))
         nxt = decisions.keep[k + 1] if k + 1 < len(graph.stages) else set()
         for m in sorted(env):
-            planned = nodes[m].role == FORWARD or m in graph.derivable
+            planned = nodes[m].role in FORWARD_ROLES or m in graph.derivable
             if planned and (m in graph.derivable or not held(m, nxt)):
                 env.discard(m)
                 steps.append(Step("free", m, k))

@@ -61,16 +61,19 @@ def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
         for step in steps:
             n = nodes[step.node]
             if step.kind == "run":
-                missing = [i for i in n.inputs if i not in env]
+                op = nodes[step.runs]  # a variant's implementation runs as its site
+                if step.impl >= 0 and (op.role != "variant_backward" or op.site != n.index):
+                    raise SimulationError(f"{op.name} is not a variant of {n.name}")
+                missing = [i for i in op.inputs if i not in env]
                 if missing:
-                    raise SimulationError(f"{n.name} runs without {nodes[missing[0]].name}")
+                    raise SimulationError(f"{op.name} runs without {nodes[missing[0]].name}")
                 if step.node in env:
                     raise SimulationError(f"{n.name} runs while its value is held")
                 add(step.node)
-                memory.append(live)
-                time_s += n.time_s
+                memory.append(live + op.workspace_bytes)
+                time_s += op.time_s
                 if backward and n.role == "forward":
-                    recompute_s += n.time_s
+                    recompute_s += op.time_s
                 if not backward:
                     ran_forward.add(step.node)
             elif step.kind == "free":
@@ -82,7 +85,7 @@ def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
 
     replay(schedule.forward, backward=False)
     for n in list(env):
-        if nodes[n].role == "forward" and n not in schedule.saved:
+        if nodes[n].role in ("forward", "variant_forward") and n not in schedule.saved:
             raise SimulationError(f"{nodes[n].name} is held after the forward but not saved")
     for n in nodes:
         if n.role == "tangent":

@@ -13,7 +13,7 @@ from .formulation import MIB_SCALE, build_stage_milp
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, structural_candidates
 from .plan import Plan, SolverInfo
-from .schedule import Decisions, baseline_decisions, build_schedule
+from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
 from .simulator import SimulationResult, simulate
 
 log = logging.getLogger(__name__)
@@ -58,13 +58,19 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
 
 
 def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                time_limit_s: float) -> list[Evaluation]:
-    """Heuristic plans (all kept; LP-rounded checkpoint sets), simulated."""
+                time_limit_s: float, variants: bool) -> list[Evaluation]:
+    """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
+    and without every variant), simulated. The first is the unoptimised plan."""
     times = [n.time_s for n in profile.nodes]
     plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
-    plans += lp_rounding_candidates(graph, times, None, time_limit_s=time_limit_s)
+    if variants and graph.variants:
+        every = all_variants(graph)
+        plans += [baseline_decisions(graph, every)] + structural_candidates(graph, times, every)
+    plans += lp_rounding_candidates(graph, times, None, time_limit_s=time_limit_s,
+                                    use_variants=variants)
     if budget is not None:
-        plans += lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s)
+        plans += lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
+                                        use_variants=variants)
     return [evaluate(profile, graph, d) for d in plans]
 
 
@@ -76,7 +82,8 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
     resnet18, HiGHS proves the optimum in 0.5 s from it, and stalls for 15 s when started
     from the best checkpoint plan instead.
     """
-    milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True)
+    milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True,
+                            use_variants=options.variants)
     milp.set_start(candidates[0].decisions)
     outcome = solve_problem(milp.problem, backend, replace(options, warm_start=True))
     found = list(candidates)
@@ -91,7 +98,7 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     any plan in the planner's search space."""
     options = options or SolveOptions()
     graph = planner_graph(profile)
-    candidates = _candidates(profile, graph, None, options.time_limit_s / 4)
+    candidates = _candidates(profile, graph, None, options.time_limit_s / 4, options.variants)
     ev, outcome = _lowest_peak(profile, graph, backend, options, candidates)
     bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
     return ev.result.peak_bytes, bound
@@ -120,11 +127,12 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
     t0 = time.perf_counter()
-    candidates = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4)
+    candidates = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
+                             options.variants)
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
-    milp = build_stage_milp(graph, times, budget_bytes)
+    milp = build_stage_milp(graph, times, budget_bytes, use_variants=options.variants)
     warm = start is not None and milp.represents(start.decisions)
     if warm:
         milp.set_start(start.decisions)
@@ -149,7 +157,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
     # comes from the same formulation without the window.
     claim = milp if milp.represents(best.decisions) else \
-        build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None)
+        build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None,
+                         use_variants=options.variants)
     solver_peak = claim.evaluate_peak(best.decisions)
     # The solver's own objective (recompute seconds) when its plan is the one returned;
     # the tests check it equals the simulator's extra time.
@@ -189,4 +198,21 @@ def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Eval
         solver_peak_bytes=solver_peak, baseline_peak_bytes=base.result.peak_bytes,
         baseline_time_s=base.result.time_s, solver=info,
         keep=[sorted(k) for k in d.keep], recompute=[sorted(r) for r in d.recompute],
-        nodes=summary)
+        variants={str(e): name for e, name in sorted(d.variants.items())},
+        nodes=summary, variant_summary=variant_summary(profile, graph, d))
+
+
+def variant_summary(profile: Profile, graph: PlannerGraph, d: Decisions) -> list[dict]:
+    """Per chosen variant: its site, the bytes of forward tensors its site no longer reads,
+    and the bytes its pack keeps instead."""
+    out = []
+    for e, name in sorted(d.variants.items()):
+        v = graph.variant(e, name)
+        original = graph.stage_need_storages(graph.site_stage[e], {})
+        chosen = graph.stage_need_storages(graph.site_stage[e], {e: name})
+        packed = set(profile.nodes[v.pack].new_storages) if v.pack is not None else set()
+        out.append({"site": e, "name": profile.nodes[e].name, "variant": name,
+                    "module": profile.nodes[e].module,
+                    "unneeded_bytes": sum(profile.storage_bytes[s] for s in original - chosen),
+                    "kept_bytes": sum(profile.storage_bytes[s] for s in packed)})
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import operator
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -19,7 +20,9 @@ import torch.fx as fx
 from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from .ir import BACKWARD, BUFFER, FORWARD, INPUT, PARAM, TANGENT, NodeRecord, OutputRecord
+from .ir import (BACKWARD, BUFFER, FORWARD, INPUT, PARAM, TANGENT, VARIANT_BACKWARD,
+                 VARIANT_FORWARD, NodeRecord, OutputRecord)
+from .variants import VARIANT_META, insert_variants
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,28 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> C
         raise CaptureError(f"could not capture {type(model).__name__}: "
                            f"{type(e).__name__}: {e}") from e
     gm = joint.graph_module
+    insert_variants(gm, _forward_fx_nodes(gm))
     return _label(gm, model, example_inputs)
+
+
+def _forward_fx_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Compute nodes the forward outputs (user outputs and buffer updates) depend on."""
+    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    roots = [a for a, d in zip(output_node.args[0], output_node.meta.get("desc", []))
+             if isinstance(a, fx.Node) and type(d).__name__ in
+             ("PlainAOTOutput", "InputMutationAOTOutput")]
+    needed: set[fx.Node] = set()
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        if n in needed or n.op == "placeholder":
+            continue
+        needed.add(n)
+        stack.extend(n.all_input_nodes)
+    # Outputs of a forward op that only the backward reads (saved statistics, masks).
+    for n in list(needed):
+        needed.update(u for u in n.users if u.target is operator.getitem)
+    return needed
 
 
 def _label(gm: fx.GraphModule, model: torch.nn.Module,
@@ -155,8 +179,13 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
                 new.append(sid)
             if sid not in storages:
                 storages.append(sid)
+        variant, site = "", -1
         if n.op == "placeholder":
             role, desc = _placeholder_role(n.meta.get("desc"))
+        elif VARIANT_META in n.meta:
+            variant, kind, site_node = n.meta[VARIANT_META]
+            role = VARIANT_FORWARD if kind == "forward" else VARIANT_BACKWARD
+            desc, site = "", index[site_node]
         else:
             role, desc = "", ""
         val = n.meta.get("val")
@@ -167,7 +196,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
             role=role, inputs=[index[a] for a in n.all_input_nodes], storages=storages,
             new_storages=new if n.op != "placeholder" else [], shape=shape,
             dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),
-            desc=desc))
+            desc=desc, variant=variant, site=site,
+            workspace_bytes=int(n.meta.get("monet_workspace", 0))))
 
     outputs = []
     for arg, desc in zip(output_node.args[0], output_node.meta.get("desc", [])):

@@ -11,11 +11,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-PROFILE_SCHEMA_VERSION = 1
+PROFILE_SCHEMA_VERSION = 2
 
 # Roles of graph nodes.
 PARAM, BUFFER, INPUT, TANGENT = "param", "buffer", "input", "tangent"
 FORWARD, BACKWARD = "forward", "backward"
+# Nodes an operator variant adds (see profiler.variants): a forward node computing what the
+# variant keeps (a packed mask), and the backward node that runs instead of the original.
+VARIANT_FORWARD, VARIANT_BACKWARD = "variant_forward", "variant_backward"
 CONSTANT_ROLES = (PARAM, BUFFER, INPUT)
 
 
@@ -46,6 +49,9 @@ class NodeRecord:
     random: bool = False
     desc: str = ""
     module: str = ""
+    variant: str = ""  # for variant nodes: the variant's registered name
+    site: int = -1  # for variant nodes: the backward node the variant replaces
+    workspace_bytes: int = 0  # temporary bytes while the node runs, beyond its outputs
 
     @property
     def is_alias(self) -> bool:

@@ -62,8 +62,12 @@ class MemoryCounter:
 class Executor:
     """Runs steps of a schedule over an environment of node index -> value."""
 
-    def __init__(self, fx_nodes: list[fx.Node], count: bool = True):
+    def __init__(self, fx_nodes: list[fx.Node], count: bool = True,
+                 workspace: list[int] | None = None):
         self.fx_nodes = fx_nodes
+        # Declared temporary bytes of a node's call (variant implementations), counted at
+        # the moment the node runs as the simulator does.
+        self.workspace = workspace or [0] * len(fx_nodes)
         self.count = count
         self.counter = MemoryCounter()
         self.rng_states: dict[int, Any] = {}
@@ -100,7 +104,7 @@ class Executor:
                 if self.count:
                     self.counter.drop(value)
                 continue
-            node = self.fx_nodes[step.node]
+            node = self.fx_nodes[step.runs]
             if step.stage < 0 and step.node in save_rng:
                 self.rng_states[step.node] = _get_rng_state(node)
             if step.stage >= 0 and step.node in self.rng_states:
@@ -108,6 +112,9 @@ class Executor:
             else:
                 value = self._call(node, env)
             self.put(env, step.node, value)
+            if self.count and self.workspace[step.runs]:
+                self.counter.peak = max(self.counter.peak,
+                                        self.counter.live + self.workspace[step.runs])
 
 
 def _device_of(node: fx.Node) -> torch.device:

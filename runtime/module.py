@@ -83,7 +83,8 @@ class PlanRunner:
         self.captured = captured
         self.graph = PlannerGraph.build(captured.records, captured.storage_bytes, captured.outputs)
         self.schedule = build_schedule(self.graph, plan.decisions())
-        self.executor = Executor(captured.nodes)
+        self.executor = Executor(captured.nodes,
+                                 workspace=[r.workspace_bytes for r in captured.records])
         recs = captured.records
         self.param_nodes = [r.index for r in recs if r.role == PARAM]
         self.input_nodes = sorted((r for r in recs if r.role == INPUT), key=lambda r: int(r.desc))

@@ -1,0 +1,192 @@
+"""Memory-saving alternative implementations of ATen backward ops.
+
+Each function is a pure, module-level function of plain tensors and positional arguments, so
+it can be inserted into a torch.fx joint graph as a ``call_function`` node. A variant keeps a
+smaller tensor from the forward pass (a bit-packed mask, 1-byte max-pool offsets, or the
+output instead of the input) and computes the same gradient as the original backward op.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+aten = torch.ops.aten
+
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+_ZERO_WEIGHT_MSG = ("the {}-from-output variant needs non-zero weights to recover its input; "
+                    "re-solve the plan with --no-variants")
+
+
+def _bit_weights(device: torch.device) -> Tensor:
+    return torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
+
+
+def pack_bits(mask: Tensor) -> Tensor:
+    """Pack a bool tensor of any shape into ceil(numel/8) uint8 bytes (1-D, contiguous).
+
+    Bit ``i`` of the flattened mask is stored in byte ``i // 8`` at bit position ``i % 8``.
+    """
+    flat = mask.reshape(-1).to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.nn.functional.pad(flat, (0, pad))
+    return (flat.view(-1, 8) * _bit_weights(flat.device)).sum(dim=1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: Tensor, shape: list[int]) -> Tensor:
+    """Inverse of :func:`pack_bits`: a contiguous bool tensor of ``shape``."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    bits = (packed.reshape(-1, 1) & _bit_weights(packed.device)) != 0
+    return bits.reshape(-1)[:numel].reshape(shape).contiguous()
+
+
+def _where_mask(grad: Tensor, packed: Tensor) -> Tensor:
+    mask = unpack_bits(packed, list(grad.shape))
+    return torch.where(mask, grad, grad.new_zeros(())).contiguous()
+
+
+def relu_mask(out: Tensor) -> Tensor:
+    """Packed bits of where ReLU passes the gradient: ``~(out <= 0)`` (NaN passes)."""
+    return pack_bits(~(out <= 0))
+
+
+def relu_backward_from_mask(grad: Tensor, packed: Tensor) -> Tensor:
+    """``aten.threshold_backward(grad, out, 0)`` from ``relu_mask(out)``, bit-identical."""
+    return _where_mask(grad, packed)
+
+
+def hardtanh_mask(x: Tensor, min_val: float, max_val: float) -> Tensor:
+    """Packed bits of where hardtanh passes the gradient: ``~(x <= min_val | x >= max_val)``."""
+    return pack_bits(~((x <= min_val) | (x >= max_val)))
+
+
+def hardtanh_backward_from_mask(grad: Tensor, packed: Tensor) -> Tensor:
+    """``aten.hardtanh_backward(grad, x, min_val, max_val)`` from ``hardtanh_mask``."""
+    return _where_mask(grad, packed)
+
+
+def dropout_mask(mask: Tensor) -> Tensor:
+    """Packed bits of the bool mask returned by ``aten.native_dropout``."""
+    return pack_bits(mask)
+
+
+def dropout_backward_from_bits(grad: Tensor, packed: Tensor, scale: float) -> Tensor:
+    """``aten.native_dropout_backward(grad, mask, scale)`` from the packed mask."""
+    mask = unpack_bits(packed, list(grad.shape))
+    return aten.native_dropout_backward.default(grad, mask, scale)
+
+
+def _check_weight(weight: Tensor | None, what: str) -> None:
+    if weight is not None:
+        torch._assert_async((weight != 0).all(), _ZERO_WEIGHT_MSG.format(what))
+
+
+def batch_norm_backward_from_output(
+    grad: Tensor, out: Tensor, weight: Tensor | None, bias: Tensor | None,
+    running_mean: Tensor | None, running_var: Tensor | None, save_mean: Tensor,
+    save_invstd: Tensor, train: bool, eps: float, output_mask: list[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``aten.native_batch_norm_backward`` that recovers the input from the output.
+
+    Channels are on dim 1 (NC, NCL, NCHW, ...). Only valid for ``train=True``, where
+    ``save_mean`` and ``save_invstd`` are the batch statistics. The input is reconstructed as
+    ``(out - bias) / (weight * save_invstd) + save_mean``; a zero weight makes it
+    unrecoverable, which raises (asynchronously on CUDA).
+    """
+    if not train:
+        raise ValueError("batch_norm_backward_from_output needs train=True batch statistics")
+    _check_weight(weight, "batch-norm")
+    shape = [1, -1] + [1] * (out.dim() - 2)
+    x = out if bias is None else out - bias.view(shape)
+    scale = save_invstd.view(shape)
+    if weight is not None:
+        scale = weight.view(shape) * scale
+    x = (x / scale + save_mean.view(shape)).to(out.dtype)
+    return aten.native_batch_norm_backward.default(
+        grad, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps,
+        output_mask)
+
+
+def layer_norm_backward_from_output(
+    grad: Tensor, out: Tensor, normalized_shape: list[int], mean: Tensor, rstd: Tensor,
+    weight: Tensor | None, bias: Tensor | None, output_mask: list[bool],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``aten.native_layer_norm_backward`` that recovers the input from the output.
+
+    The input is reconstructed as ``(out - bias) / (weight * rstd) + mean``, where ``mean`` and
+    ``rstd`` broadcast over the normalized trailing dims; a zero weight makes it
+    unrecoverable, which raises (asynchronously on CUDA).
+    """
+    _check_weight(weight, "layer-norm")
+    x = out if bias is None else out - bias
+    scale = rstd if weight is None else weight * rstd
+    x = (x / scale + mean).to(out.dtype)
+    return aten.native_layer_norm_backward.default(
+        grad, x, normalized_shape, mean, rstd, weight, bias, output_mask)
+
+
+def _pool_params(kernel_size: list[int], stride: list[int], padding: list[int],
+                 dilation: list[int]) -> tuple[int, int, int, int, int, int, int, int]:
+    def pair(values: list[int], default: list[int]) -> tuple[int, int]:
+        values = list(values) if len(values) else list(default)
+        return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
+
+    kh, kw = pair(kernel_size, kernel_size)
+    sh, sw = pair(stride, kernel_size)
+    ph, pw = pair(padding, [0])
+    dh, dw = pair(dilation, [1])
+    return kh, kw, sh, sw, ph, pw, dh, dw
+
+
+def _window_origin(out_hw: tuple[int, int], device: torch.device, sh: int, sw: int, ph: int,
+                   pw: int) -> tuple[Tensor, Tensor]:
+    oh = torch.arange(out_hw[0], device=device).view(-1, 1) * sh - ph
+    ow = torch.arange(out_hw[1], device=device).view(1, -1) * sw - pw
+    return oh, ow
+
+
+def max_pool2d_compact_indices(indices: Tensor, input_hw: list[int], kernel_size: list[int],
+                               stride: list[int], padding: list[int],
+                               dilation: list[int]) -> Tensor:
+    """Turn max_pool2d's int64 flat indices into uint8 window-local offsets ``kh*KW + kw``.
+
+    ``indices`` has the output's shape, (N, C, OH, OW) or (C, OH, OW), and holds ``h*W + w``
+    into each input plane; the result has the same shape, one byte per element.
+    """
+    kh, kw, sh, sw, ph, pw, dh, dw = _pool_params(kernel_size, stride, padding, dilation)
+    if kh * kw > 256:
+        raise ValueError(f"max-pool window {kh}x{kw} has more than 256 positions")
+    width = input_hw[1]
+    oh, ow = _window_origin((indices.shape[-2], indices.shape[-1]), indices.device,
+                            sh, sw, ph, pw)
+    off_h = torch.div(torch.div(indices, width, rounding_mode="floor") - oh, dh,
+                      rounding_mode="floor")
+    off_w = torch.div(torch.remainder(indices, width) - ow, dw, rounding_mode="floor")
+    return (off_h * kw + off_w).to(torch.uint8).contiguous()
+
+
+def max_pool2d_backward_from_compact(grad: Tensor, compact: Tensor, input_shape: list[int],
+                                     kernel_size: list[int], stride: list[int],
+                                     padding: list[int], dilation: list[int]) -> Tensor:
+    """``aten.max_pool2d_with_indices_backward`` from :func:`max_pool2d_compact_indices`.
+
+    Scatter-adds ``grad`` into zeros of ``input_shape`` (contiguous, grad's dtype). On the CPU
+    the summation order per plane equals aten's (output positions in row-major order), so the
+    result is bit-identical; on CUDA, overlapping windows may differ by float rounding.
+    """
+    kh, kw, sh, sw, ph, pw, dh, dw = _pool_params(kernel_size, stride, padding, dilation)
+    height, width = input_shape[-2], input_shape[-1]
+    planes = 1
+    for size in input_shape[:-2]:
+        planes *= size
+    oh, ow = _window_origin((compact.shape[-2], compact.shape[-1]), compact.device,
+                            sh, sw, ph, pw)
+    offsets = compact.to(torch.int64)
+    rows = oh + torch.div(offsets, kw, rounding_mode="floor") * dh
+    cols = ow + torch.remainder(offsets, kw) * dw
+    flat = (rows * width + cols).reshape(planes, -1)
+    grad_input = grad.new_zeros((planes, height * width))
+    grad_input.scatter_add_(1, flat, grad.reshape(planes, -1))
+    return grad_input.view(input_shape)
