@@ -28,8 +28,16 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from profiler.ir import (BACKWARD, CONSTANT_ROLES, FORWARD, TANGENT, VARIANT_BACKWARD,
-                         VARIANT_FORWARD, NodeRecord, OutputRecord)
+from profiler.ir import (
+    BACKWARD,
+    CONSTANT_ROLES,
+    FORWARD,
+    TANGENT,
+    VARIANT_BACKWARD,
+    VARIANT_FORWARD,
+    NodeRecord,
+    OutputRecord,
+)
 
 END = 1 << 60  # a position after every other
 GETITEM = "<built-in function getitem>"

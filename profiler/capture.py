@@ -20,8 +20,18 @@ import torch.fx as fx
 from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 from torch.multiprocessing.reductions import StorageWeakRef
 
-from .ir import (BACKWARD, BUFFER, FORWARD, INPUT, PARAM, TANGENT, VARIANT_BACKWARD,
-                 VARIANT_FORWARD, NodeRecord, OutputRecord)
+from .ir import (
+    BACKWARD,
+    BUFFER,
+    FORWARD,
+    INPUT,
+    PARAM,
+    TANGENT,
+    VARIANT_BACKWARD,
+    VARIANT_FORWARD,
+    NodeRecord,
+    OutputRecord,
+)
 from .variants import VARIANT_META, insert_variants
 
 log = logging.getLogger(__name__)
