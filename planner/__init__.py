@@ -4,7 +4,7 @@ Imports ``profiler`` (for the Profile) and nothing from ``runtime``.
 """
 from .budget import BudgetError, parse_budget
 from .plan import Plan, PlanFormatError
-from .solve import InfeasibleBudgetError, smallest_feasible_budget, solve
+from .solve import InfeasibleBudgetError, plan_for, smallest_feasible_budget, solve
 
 __all__ = ["BudgetError", "parse_budget", "Plan", "PlanFormatError", "InfeasibleBudgetError",
-           "smallest_feasible_budget", "solve"]
+           "plan_for", "smallest_feasible_budget", "solve"]

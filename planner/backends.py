@@ -23,7 +23,7 @@ class SolveOptions:
     threads: int | None = None
     verbose: bool = False
     warm_start: bool = False  # start from the variables' current values (a feasible plan)
-    variants: bool = True  # let the planner choose operator variants (profiler.variants)
+    variants: str = "all"  # operator variants the plan may use: all, exact or none
 
 
 class _WarmHiGHS(pulp.HiGHS):

@@ -199,17 +199,17 @@ def _storages(graph: PlannerGraph, nodes: set[int]) -> set[int]:
 
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
                      minimize_peak: bool = False, max_recompute_depth: int | None = 12,
-                     use_variants: bool = True) -> StageMILP:
+                     variants: str = "all") -> StageMILP:
     """The MILP for ``graph``: minimise the step's extra time under ``budget`` bytes, or
     (with ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
     ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
     at no cost for the budgets where longer chains would not pay. Without
-    ``use_variants`` every site runs its original implementation."""
+    ``variants`` chooses which operator variants the plan may use: all, exact, none."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
-    sites = {e: vs for e, vs in graph.variants.items() if use_variants}
-    stage_needs = graph.stage_needs_any if use_variants else graph.stage_needs
+    sites = graph.variant_sites(variants)
+    stage_needs = graph.stage_needs_any if sites else graph.stage_needs
 
     dag = graph.forward_dag()
     anc_nodes = [recompute_candidates(graph, dag, stage_needs[k], ops, max_recompute_depth)

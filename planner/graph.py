@@ -38,10 +38,12 @@ from profiler.ir import (
     NodeRecord,
     OutputRecord,
 )
+from profiler.variants import RULE_BY_NAME
 
 END = 1 << 60  # a position after every other
 GETITEM = "<built-in function getitem>"
 FORWARD_ROLES = (FORWARD, VARIANT_FORWARD)
+VARIANT_MODES = ("all", "exact", "none")
 
 
 @dataclass(frozen=True)
@@ -241,6 +243,21 @@ class PlannerGraph:
         out: set[int] = set()
         for n in needs:
             out |= self.planned_storages(n)
+        return out
+
+    def variant_sites(self, mode: str = "all") -> dict[int, list[Variant]]:
+        """The variants a plan may use: ``all``, only the ``exact`` ones (bit-identical
+        gradients), or ``none``."""
+        if mode not in VARIANT_MODES:
+            raise ValueError(f"variants must be one of {', '.join(VARIANT_MODES)}, not {mode!r}")
+        if mode == "none":
+            return {}
+        out = {}
+        for site, vs in self.variants.items():
+            allowed = [v for v in vs if mode == "all" or
+                       (v.name in RULE_BY_NAME and RULE_BY_NAME[v.name].exact)]
+            if allowed:
+                out[site] = allowed
         return out
 
     def variant(self, site: int, name: str) -> Variant:

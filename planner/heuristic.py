@@ -42,13 +42,13 @@ def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
 
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
                            thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99),
-                           time_limit_s: float = 30.0, use_variants: bool = True
+                           time_limit_s: float = 30.0, variants: str = "all"
                            ) -> list[Decisions]:
     """Checkpoint plans from the LP relaxation: ops whose outputs the LP keeps after the
     forward pass to at least a threshold become checkpoints; variants the LP chooses to at
     least one half are chosen."""
     milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
-                            use_variants=use_variants)
+                            variants=variants)
     for v in milp.problem.variables():
         v.cat = pulp.LpContinuous
     milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))

@@ -39,4 +39,24 @@ def describe_plan(plan: Plan, top: int = 15) -> str:
                          f"{format_bytes(n['bytes']):>11} {stages}")
         if len(recomputed) > top:
             lines.append(f"... and {len(recomputed) - top} more")
+    lines += _variant_lines(plan)
     return "\n".join(lines)
+
+
+def _variant_lines(plan: Plan) -> list[str]:
+    """How many sites run each variant and what the choice saved: the bytes of forward
+    tensors the sites no longer read, and the bytes their packs keep instead."""
+    if not plan.variant_summary:
+        return ["", "operator variants: none chosen (every op runs its original implementation)"]
+    by_name: dict[str, list[int]] = {}
+    for v in plan.variant_summary:
+        entry = by_name.setdefault(v["variant"], [0, 0, 0])
+        entry[0] += 1
+        entry[1] += v["unneeded_bytes"]
+        entry[2] += v["kept_bytes"]
+    lines = ["", f"{'operator variant':<28} {'sites':>5} {'no longer read':>15} "
+                 f"{'kept instead':>13}"]
+    for name, (count, unneeded, kept) in sorted(by_name.items()):
+        lines.append(f"{name:<28} {count:>5} {format_bytes(unneeded):>15} "
+                     f"{format_bytes(kept):>13}")
+    return lines

@@ -65,9 +65,9 @@ def baseline_decisions(graph: PlannerGraph, variants: dict[int, str] | None = No
     return Decisions(keep=keep, recompute=[set() for _ in graph.stages], variants=variants)
 
 
-def all_variants(graph: PlannerGraph) -> dict[int, str]:
-    """Every site with its first registered variant."""
-    return {site: vs[0].name for site, vs in graph.variants.items()}
+def all_variants(graph: PlannerGraph, mode: str = "all") -> dict[int, str]:
+    """Every site with its first variant allowed by ``mode`` (see PlannerGraph.variant_sites)."""
+    return {site: vs[0].name for site, vs in graph.variant_sites(mode).items()}
 
 
 def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:

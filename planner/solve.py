@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 from profiler.ir import Profile
 
@@ -58,19 +59,19 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
 
 
 def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                time_limit_s: float, variants: bool) -> list[Evaluation]:
+                time_limit_s: float, variants: str) -> list[Evaluation]:
     """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
     and without every variant), simulated. The first is the unoptimised plan."""
     times = [n.time_s for n in profile.nodes]
     plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
-    if variants and graph.variants:
-        every = all_variants(graph)
+    every = all_variants(graph, variants)
+    if every:
         plans += [baseline_decisions(graph, every)] + structural_candidates(graph, times, every)
     plans += lp_rounding_candidates(graph, times, None, time_limit_s=time_limit_s,
-                                    use_variants=variants)
+                                    variants=variants)
     if budget is not None:
         plans += lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
-                                        use_variants=variants)
+                                        variants=variants)
     return [evaluate(profile, graph, d) for d in plans]
 
 
@@ -83,7 +84,7 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
     from the best checkpoint plan instead.
     """
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True,
-                            use_variants=options.variants)
+                            variants=options.variants)
     milp.set_start(candidates[0].decisions)
     outcome = solve_problem(milp.problem, backend, replace(options, warm_start=True))
     found = list(candidates)
@@ -105,12 +106,13 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
 
 
 def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
-          options: SolveOptions | None = None) -> Plan:
+          options: SolveOptions | None = None, hints: Sequence[Decisions] = ()) -> Plan:
     """The fastest plan for ``profile`` whose peak memory is at most ``budget``.
 
     Heuristic checkpoint plans come first; the MILP then searches the fastest plan within
     the budget, warm-started from the best heuristic plan that fits. If nothing fits, a
     lowest-memory search names the smallest feasible budget in InfeasibleBudgetError.
+    ``hints`` are further plans to start from (e.g. a plan for a nearby budget).
     """
     options = options or SolveOptions()
     graph = planner_graph(profile)
@@ -129,10 +131,14 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     t0 = time.perf_counter()
     candidates = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
                              options.variants)
+    allowed = graph.variant_sites(options.variants)
+    candidates += [evaluate(profile, graph, d) for d in hints
+                   if all(any(v.name == name for v in allowed.get(e, []))
+                          for e, name in d.variants.items())]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
-    milp = build_stage_milp(graph, times, budget_bytes, use_variants=options.variants)
+    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants)
     warm = start is not None and milp.represents(start.decisions)
     if warm:
         milp.set_start(start.decisions)
@@ -158,7 +164,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     # comes from the same formulation without the window.
     claim = milp if milp.represents(best.decisions) else \
         build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None,
-                         use_variants=options.variants)
+                         variants=options.variants)
     solver_peak = claim.evaluate_peak(best.decisions)
     # The solver's own objective (recompute seconds) when its plan is the one returned;
     # the tests check it equals the simulator's extra time.
@@ -174,6 +180,28 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                       bound=bound, gap=gap, variables=len(milp.problem.variables()),
                       constraints=len(milp.problem.constraints))
     return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
+
+
+def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None
+             ) -> Plan:
+    """A Plan that carries out the given ``decisions`` (a hand-made or modified schedule):
+    simulated, its memory claimed by the formulation, and checked against ``budget`` (by
+    default the plan's own peak)."""
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    base = evaluate(profile, graph, baseline_decisions(graph))
+    ev = evaluate(profile, graph, decisions)
+    budget_bytes = ev.result.peak_bytes if budget is None else \
+        parse_budget(budget, base.result.peak_bytes)
+    if ev.result.peak_bytes > budget_bytes:
+        raise InfeasibleBudgetError(budget_bytes, None, f"these decisions peak at "
+                                    f"{format_bytes(ev.result.peak_bytes)}")
+    claim = build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None)
+    extra = ev.result.time_s - base.result.time_s
+    info = SolverInfo(name="given", status="given", time_limit_s=0.0, solve_time_s=0.0,
+                      objective=extra)
+    return _make_plan(profile, graph, ev, base, budget_bytes, str(budget), info,
+                      claim.evaluate_peak(decisions))
 
 
 def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Evaluation,

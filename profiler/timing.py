@@ -73,6 +73,7 @@ def estimate_times(captured: CapturedGraph, device: str) -> list[float]:
         moved = sum(captured.storage_bytes[s] for s in r.new_storages)
         moved += sum(captured.storage_bytes[s] for i in r.inputs
                      for s in captured.records[i].storages)
+        moved += 2 * r.workspace_bytes  # temporaries are written once and read once
         times.append(max(flops[r.index] / model.flops_per_s, moved / model.bytes_per_s)
                      + model.overhead_s)
     for r, f in zip(captured.records, flops):

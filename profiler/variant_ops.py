@@ -83,48 +83,62 @@ def _check_weight(weight: Tensor | None, what: str) -> None:
         torch._assert_async((weight != 0).all(), _ZERO_WEIGHT_MSG.format(what))
 
 
+def _normalized_input(out: Tensor, weight: Tensor | None, bias: Tensor | None,
+                      shape: list[int] | None) -> Tensor:
+    """``(out - bias) / weight``: the normalised input, one temporary of ``out``'s size.
+    ``shape`` views the per-channel weight and bias for broadcasting (None: as they are)."""
+    def view(t: Tensor) -> Tensor:
+        return t if shape is None else t.view(shape)
+    x_hat = out.clone() if bias is None else out - view(bias)
+    if weight is not None:
+        x_hat.div_(view(weight))
+    return x_hat
+
+
 def batch_norm_backward_from_output(
     grad: Tensor, out: Tensor, weight: Tensor | None, bias: Tensor | None,
     running_mean: Tensor | None, running_var: Tensor | None, save_mean: Tensor,
     save_invstd: Tensor, train: bool, eps: float, output_mask: list[bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``aten.native_batch_norm_backward`` that recovers the input from the output.
+    """``aten.native_batch_norm_backward`` from the output instead of the input.
 
     Channels are on dim 1 (NC, NCL, NCHW, ...). Only valid for ``train=True``, where
-    ``save_mean`` and ``save_invstd`` are the batch statistics. The input is reconstructed as
-    ``(out - bias) / (weight * save_invstd) + save_mean``; a zero weight makes it
-    unrecoverable, which raises (asynchronously on CUDA).
+    ``save_mean`` and ``save_invstd`` are the batch statistics. The normalised input
+    ``x_hat = (out - bias) / weight`` is rebuilt and passed to the aten backward as an input
+    of mean 0 and inverse std 1, with ``weight * save_invstd`` as the weight: the aten
+    formulas then give the original gradients without subtracting the mean back in (which
+    would cost precision when the mean is large against the std). A zero weight makes
+    ``x_hat`` unrecoverable, which raises (asynchronously on CUDA).
     """
     if not train:
         raise ValueError("batch_norm_backward_from_output needs train=True batch statistics")
     _check_weight(weight, "batch-norm")
-    shape = [1, -1] + [1] * (out.dim() - 2)
-    x = out if bias is None else out - bias.view(shape)
-    scale = save_invstd.view(shape)
-    if weight is not None:
-        scale = weight.view(shape) * scale
-    x = (x / scale + save_mean.view(shape)).to(out.dtype)
+    x_hat = _normalized_input(out, weight, bias, [1, -1] + [1] * (out.dim() - 2))
+    scale = save_invstd if weight is None else weight * save_invstd
     return aten.native_batch_norm_backward.default(
-        grad, x, weight, running_mean, running_var, save_mean, save_invstd, train, eps,
-        output_mask)
+        grad, x_hat, scale, running_mean, running_var, torch.zeros_like(save_mean),
+        torch.ones_like(save_invstd), train, eps, output_mask)
 
 
 def layer_norm_backward_from_output(
     grad: Tensor, out: Tensor, normalized_shape: list[int], mean: Tensor, rstd: Tensor,
     weight: Tensor | None, bias: Tensor | None, output_mask: list[bool],
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """``aten.native_layer_norm_backward`` that recovers the input from the output.
+    """``aten.native_layer_norm_backward`` from the output instead of the input.
 
-    The input is reconstructed as ``(out - bias) / (weight * rstd) + mean``, where ``mean`` and
-    ``rstd`` broadcast over the normalized trailing dims; a zero weight makes it
-    unrecoverable, which raises (asynchronously on CUDA).
+    Rebuilds ``x_hat = (out - bias) / weight``, runs the aten backward on it as an input of
+    mean 0 and rstd 1, and scales the input gradient by ``rstd`` (the only place rstd enters
+    once the input is normalised). A zero weight makes ``x_hat`` unrecoverable, which
+    raises (asynchronously on CUDA).
     """
     _check_weight(weight, "layer-norm")
-    x = out if bias is None else out - bias
-    scale = rstd if weight is None else weight * rstd
-    x = (x / scale + mean).to(out.dtype)
-    return aten.native_layer_norm_backward.default(
-        grad, x, normalized_shape, mean, rstd, weight, bias, output_mask)
+    x_hat = _normalized_input(out, weight, bias, None)
+    dx, dw, db = aten.native_layer_norm_backward.default(
+        grad, x_hat, normalized_shape, torch.zeros_like(mean), torch.ones_like(rstd), weight,
+        bias, output_mask)
+    if dx is not None:
+        dx = dx.mul_(rstd)
+    return dx, dw, db
 
 
 def _pool_params(kernel_size: list[int], stride: list[int], padding: list[int],

@@ -52,6 +52,7 @@ class VariantRule:
     backward_op: Any
     keeps: str
     rewrite: Callable[[fx.Node, set[fx.Node]], Rewrite | None]
+    exact: bool = True  # same arithmetic as the original: bit-identical gradients
 
 
 def _val(node: Any) -> torch.Tensor:
@@ -185,9 +186,11 @@ RULES: list[VariantRule] = [
     VariantRule("dropout_bits", aten.native_dropout_backward.default,
                 "a 1-bit dropout mask instead of a 1-byte one", _dropout_bits),
     VariantRule("batch_norm_from_output", aten.native_batch_norm_backward.default,
-                "the batch-norm output instead of its input", _batch_norm_from_output),
+                "the batch-norm output instead of its input", _batch_norm_from_output,
+                exact=False),
     VariantRule("layer_norm_from_output", aten.native_layer_norm_backward.default,
-                "the layer-norm output instead of its input", _layer_norm_from_output),
+                "the layer-norm output instead of its input", _layer_norm_from_output,
+                exact=False),
     VariantRule("max_pool_compact", aten.max_pool2d_with_indices_backward.default,
                 "1-byte window offsets instead of the input and 8-byte indices",
                 _max_pool_compact),

@@ -36,7 +36,8 @@ def _solve(args: argparse.Namespace) -> None:
     from planner.solve import solve
     from profiler import Profile
     profile = Profile.load(args.profile)
-    options = SolveOptions(time_limit_s=args.time_limit, gap=args.gap, verbose=args.verbose > 1)
+    options = SolveOptions(time_limit_s=args.time_limit, gap=args.gap, verbose=args.verbose > 1,
+                           variants="none" if args.no_variants else args.variants)
     plan = solve(profile, args.budget, backend=args.solver, options=options)
     plan.save(args.output)
     overhead = plan.predicted_time_s / plan.baseline_time_s - 1 if plan.baseline_time_s else 0
@@ -44,7 +45,8 @@ def _solve(args: argparse.Namespace) -> None:
     print(f"{args.output}: budget {format_bytes(plan.budget_bytes)}, predicted peak "
           f"{format_bytes(plan.predicted_peak_bytes)} (unoptimised "
           f"{format_bytes(plan.baseline_peak_bytes)}), time overhead {overhead:+.1%}, "
-          f"solver {plan.solver.name} {plan.solver.status}{gap}")
+          f"solver {plan.solver.name} {plan.solver.status}{gap}, "
+          f"{len(plan.variants)} operator variants")
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -82,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--solver", default="highs", choices=["highs", "cbc"])
     s.add_argument("--time-limit", type=float, default=60.0, help="seconds (default 60)")
     s.add_argument("--gap", type=float, default=1e-4, help="relative optimality gap")
+    s.add_argument("--variants", choices=["all", "exact", "none"], default="all",
+                   help="operator variants the plan may use: all (default), exact (only "
+                        "those with bit-identical gradients: masks, pooling), none")
+    s.add_argument("--no-variants", action="store_true",
+                   help="same as --variants none: checkpointing only")
     s.add_argument("-o", "--output", default="plan.json")
     s.set_defaults(run=_solve)
 

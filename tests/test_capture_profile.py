@@ -19,7 +19,18 @@ def test_roles_and_storages():
     model, x = small_resnet()
     cap = capture(model, (x,))
     roles = {r.role for r in cap.records}
-    assert roles == {"param", "buffer", "input", "tangent", "forward", "backward"}
+    assert roles == {"param", "buffer", "input", "tangent", "forward", "backward",
+                     "variant_forward", "variant_backward"}
+    # Every ReLU, batch norm and the max pool gets its variant, attached to its site.
+    variants = [r for r in cap.records if r.role == "variant_backward"]
+    bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    by_name = {}
+    for r in variants:
+        by_name[r.variant] = by_name.get(r.variant, 0) + 1
+        assert cap.records[r.site].role == "backward"
+    assert by_name["batch_norm_from_output"] == bns
+    assert by_name["max_pool_compact"] == 1
+    assert by_name["relu_mask"] == 17  # one per ReLU call, shared modules included
     n_params = sum(1 for _ in model.parameters())
     assert sum(r.role == "param" for r in cap.records) == n_params
     assert sum(o.kind == "grad" for o in cap.outputs) == n_params

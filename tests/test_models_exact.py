@@ -11,9 +11,8 @@ from __future__ import annotations
 import copy
 
 import pytest
-import torch
 
-from conftest import model_case, train_step
+from conftest import assert_same_step, model_case, plan_is_exact, train_step
 from planner import InfeasibleBudgetError, smallest_feasible_budget, solve
 from planner.backends import SolveOptions
 from runtime import load_plan
@@ -22,24 +21,15 @@ OPTIONS = SolveOptions(time_limit_s=15)
 REACHES_0_6 = {"resnet18": True, "mobilenet_v2": True, "vgg11": False, "gpt": True}
 
 
-def assert_same_step(planned, eager) -> None:
-    assert torch.equal(planned.output, eager.output)
-    assert torch.equal(planned.loss, eager.loss)
-    assert planned.grads.keys() == eager.grads.keys()
-    for name, grad in eager.grads.items():
-        assert torch.equal(planned.grads[name], grad), f"gradient of {name} differs"
-    for name, buf in eager.buffers.items():
-        assert torch.equal(planned.buffers[name], buf), f"buffer {name} differs"
-    assert torch.equal(planned.rng_after, eager.rng_after), "RNG state after the step differs"
-
-
-def run_plan(case, plan):
+def check_plan(case, plan) -> None:
+    """Run ``plan``: peaks agree and fit; the step equals eager's (within NORM_RTOL for
+    gradients when a variant rebuilds a norm's input from its output)."""
     model = load_plan(copy.deepcopy(case.model), plan)
     result = train_step(model, case.inputs)
     assert model.last_peak_bytes == plan.predicted_peak_bytes, "executor peak != simulator peak"
     assert plan.solver_peak_bytes == plan.predicted_peak_bytes, "solver peak != simulator peak"
     assert plan.predicted_peak_bytes <= plan.budget_bytes
-    return result
+    assert_same_step(result, case.eager, exact=plan_is_exact(plan), case=case)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11", "gpt"])
@@ -47,14 +37,14 @@ def test_budgets_match_eager(name):
     case = model_case(name)
     full = solve(case.profile, 1.0, options=OPTIONS)
     assert full.predicted_peak_bytes == full.baseline_peak_bytes
-    assert_same_step(run_plan(case, full), case.eager)
+    check_plan(case, full)
 
     if REACHES_0_6[name]:
         plan = solve(case.profile, 0.6, options=OPTIONS)
         assert plan.predicted_peak_bytes <= 0.6 * plan.baseline_peak_bytes
         assert sum(map(len, plan.recompute)) > 0
         assert plan.predicted_time_s > plan.baseline_time_s
-        assert_same_step(run_plan(case, plan), case.eager)
+        check_plan(case, plan)
     else:
         with pytest.raises(InfeasibleBudgetError, match="smallest feasible budget is") as err:
             solve(case.profile, 0.6, options=OPTIONS)
@@ -67,4 +57,4 @@ def test_budgets_match_eager(name):
     if name != "vgg11":
         assert smallest < full.baseline_peak_bytes
     plan = solve(case.profile, int(smallest * 1.05), options=OPTIONS)
-    assert_same_step(run_plan(case, plan), case.eager)
+    check_plan(case, plan)

@@ -1,0 +1,151 @@
+"""What operator variants buy: checkpointing only against checkpointing with variants.
+
+For ResNet-50 (batch 184, 224x224) and the GPT of DESIGN.md (8 x 1024 tokens): one
+profile each (FLOP-estimated unless run on a GPU), then for budgets of 1/2, 1/3 and 1/4 of
+the unoptimised peak the predicted step time with checkpointing only and with variants,
+and the smallest feasible budget with and without variants. The variant solve is also
+given the checkpoint-only plan as a starting point, so it can only be better or equal.
+
+    python bench/variants.py                 # writes bench/results/variants.md
+    python bench/variants.py --models gpt --time-limit 30
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from planner import InfeasibleBudgetError, smallest_feasible_budget, solve  # noqa: E402
+from planner.backends import SolveOptions  # noqa: E402
+from planner.budget import format_bytes  # noqa: E402
+from profiler import Profile, load_model, profile_model  # noqa: E402
+
+MODELS = {
+    "resnet50": ("torchvision:resnet50", {"batch": 184, "image_size": 224},
+                 "resnet50_184x3x224x224"),
+    "gpt": ("examples.gpt:GPT", {"inputs": ["8x1024:int64:50257"]}, "gpt_8x1024"),
+}
+FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
+log = logging.getLogger("bench")
+
+
+def get_profile(name: str, profile_dir: str) -> Profile:
+    """The model's profile from ``profile_dir``, made (FLOP-estimated on the CPU) if absent."""
+    spec, kwargs, stem = MODELS[name]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    path = os.path.join(profile_dir, f"{stem}.{'measured' if device == 'cuda' else 'estimated'}"
+                        ".json")
+    if os.path.exists(path):
+        return Profile.load(path)
+    model, inputs = load_model(spec, device=device, **kwargs)
+    profile = profile_model(model, inputs, name=spec, estimate=device == "cpu")
+    profile.save(path)
+    return profile
+
+
+def solve_row(profile: Profile, budget: int, options: SolveOptions, hints=()):
+    t0 = time.perf_counter()
+    try:
+        plan = solve(profile, budget, options=options, hints=hints)
+    except InfeasibleBudgetError:
+        return None, time.perf_counter() - t0
+    return plan, time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--time-limit", type=float, default=60)
+    parser.add_argument("--profiles", default=os.path.join(ROOT, "configs", "profiles"))
+    parser.add_argument("-o", "--output", default=os.path.join(ROOT, "bench/results/variants.md"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    plain = SolveOptions(time_limit_s=args.time_limit, variants="none")
+    with_variants = replace(plain, variants="all")
+    rows, records = [], []
+    for name in args.models:
+        profile = get_profile(name, args.profiles)
+        base = solve(profile, 1.0, options=plain)
+        peak, t_base = base.baseline_peak_bytes, base.baseline_time_s
+        log.info("%s: unoptimised peak %s, %d nodes", name, format_bytes(peak),
+                 len(profile.nodes))
+        for frac in FRACTIONS:
+            budget = int(peak * frac)
+            ck, ck_s = solve_row(profile, budget, plain)
+            hints = [ck.decisions()] if ck is not None else []
+            va, va_s = solve_row(profile, budget, with_variants, hints)
+            rec = {"model": name, "fraction": frac, "budget": budget}
+            for tag, plan, secs in (("checkpoint", ck, ck_s), ("variants", va, va_s)):
+                rec[tag] = None if plan is None else {
+                    "overhead": plan.predicted_time_s / t_base - 1,
+                    "peak": plan.predicted_peak_bytes, "gap": plan.solver.gap,
+                    "status": plan.solver.status, "seconds": secs,
+                    "variants": dict(Counter(plan.variants.values()))}
+            records.append(rec)
+            log.info("%s", json.dumps(rec))
+        low_ck, _ = smallest_feasible_budget(profile, options=plain)
+        low_va, _ = smallest_feasible_budget(profile, options=with_variants)
+        records.append({"model": name, "smallest_checkpoint": low_ck, "smallest_variants": low_va,
+                        "peak": peak})
+        rows.append((name, profile, peak, t_base, low_ck, low_va))
+    write_report(args.output, rows, records, args.time_limit)
+
+
+def _cell(r, frac_peak):
+    if r is None:
+        return "infeasible"
+    return f"{r['overhead']:+.2%} (gap {r['gap']:.0%})" if r["gap"] is not None else \
+        f"{r['overhead']:+.2%}"
+
+
+def write_report(path: str, rows, records, time_limit: float) -> None:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lines = [
+        "# Operator variants against checkpointing alone",
+        "",
+        f"Generated by `python bench/variants.py` on {datetime.date.today()}, torch "
+        f"{torch.__version__}, device {device}, time limit {time_limit:.0f} s per solve, HiGHS. "
+        "Times are predicted by the planner from the profile "
+        f"({'measured' if device == 'cuda' else 'FLOP-estimated'}), as overhead over the "
+        "unoptimised step; gaps are the solver's.",
+        "",
+        "| model | unoptimised peak | budget | checkpointing only | with variants | "
+        "variants chosen |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, profile, peak, _t, _lc, _lv in rows:
+        for rec in records:
+            if rec.get("model") != name or "fraction" not in rec:
+                continue
+            va = rec["variants"]
+            chosen = ", ".join(f"{k} {v}" for k, v in sorted(va["variants"].items())) \
+                if va else ""
+            lines.append(f"| {name} | {format_bytes(peak)} | 1/{round(1 / rec['fraction'])} "
+                         f"({format_bytes(rec['budget'])}) | {_cell(rec['checkpoint'], peak)} | "
+                         f"{_cell(va, peak)} | {chosen} |")
+    lines += ["", "| model | smallest feasible, checkpointing only | with variants |",
+              "|---|---|---|"]
+    for name, _p, peak, _t, low_ck, low_va in rows:
+        lines.append(f"| {name} | {format_bytes(low_ck)} ({low_ck / peak:.1%}) | "
+                     f"{format_bytes(low_va)} ({low_va / peak:.1%}) |")
+    lines += ["", "```json", json.dumps(records, indent=1), "```", ""]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines))
+    os.replace(tmp, path)
+    log.info("wrote %s", path)
+
+
+if __name__ == "__main__":
+    main()
