@@ -13,6 +13,8 @@ from typing import Callable
 
 import pulp
 
+from .progress import ProgressLog
+
 log = logging.getLogger(__name__)
 
 
@@ -45,6 +47,14 @@ class _WarmHiGHS(pulp.HiGHS):
                 solution.col_value = values  # a pybind list: assign it whole
                 solution.value_valid = True
                 lp.solverModel.setSolution(solution)
+        progress = ProgressLog("highs")
+
+        def report(event) -> None:
+            d = event.data_out
+            progress.update(d.mip_primal_bound, d.mip_dual_bound, d.running_time)
+
+        lp.solverModel.cbMipImprovingSolution.subscribe(report)
+        lp.solverModel.cbMipInterrupt.subscribe(report)  # called periodically
         lp.solverModel.run()
 
 
@@ -71,6 +81,12 @@ def _outcome(problem: pulp.LpProblem, seconds: float, bound: float | None) -> So
         status = "infeasible"
     else:
         status = "no_solution"
+    return outcome_of(problem, status, seconds, bound)
+
+
+def outcome_of(problem: pulp.LpProblem, status: str, seconds: float,
+               bound: float | None) -> SolveOutcome:
+    """The outcome of a solve whose variable values are set on ``problem``."""
     objective = pulp.value(problem.objective) if status in ("optimal", "feasible") else None
     if status == "optimal" and bound is None:
         bound = objective
@@ -101,9 +117,15 @@ def solve_cbc(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
     return _outcome(problem, time.perf_counter() - t0, None)
 
 
+def solve_cpsat(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
+    from .backend_cpsat import solve_cpsat as solve
+    return solve(problem, options)
+
+
 BACKENDS: dict[str, Callable[[pulp.LpProblem, SolveOptions], SolveOutcome]] = {
     "highs": solve_highs,
     "cbc": solve_cbc,
+    "cpsat": solve_cpsat,
 }
 
 

@@ -57,7 +57,7 @@ class StageMILP:
         variants = {e: name for (e, name), v in self.variant.items() if (v.value() or 0) > 0.5}
         return Decisions(keep=keep, recompute=recompute, variants=variants)
 
-    def _values(self, decisions: Decisions) -> dict[str, int]:
+    def values(self, decisions: Decisions) -> dict[str, int]:
         value = {}
         for (k, s), v in self.keep.items():
             value[v.name] = 1 if s in decisions.keep[k] else 0
@@ -85,15 +85,21 @@ class StageMILP:
 
     def set_start(self, decisions: Decisions) -> None:
         """Give every variable the value it has in ``decisions`` (a solver warm start)."""
-        value = self._values(decisions)
+        value = self.values(decisions)
         for v in (*self.keep.values(), *self.recompute.values(), *self.variant.values()):
             v.varValue = value[v.name]
         if self.peak is not None:
             self.peak.varValue = self.evaluate_peak(decisions) * MIB_SCALE
 
+    def objective_of(self, decisions: Decisions) -> float:
+        """The objective's value at ``decisions``."""
+        value = self.values(decisions)
+        obj = self.problem.objective
+        return obj.constant + sum(c * value[v.name] for v, c in obj.items() if v.name in value)
+
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""
-        value = self._values(decisions)
+        value = self.values(decisions)
         best = 0
         for row in self.memory_rows:
             total = row.constant + sum(c * value[v.name] for v, c in row.items())

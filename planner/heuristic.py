@@ -43,10 +43,11 @@ def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
                            thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99),
                            time_limit_s: float = 30.0, variants: str = "all"
-                           ) -> list[Decisions]:
+                           ) -> tuple[list[Decisions], float | None]:
     """Checkpoint plans from the LP relaxation: ops whose outputs the LP keeps after the
     forward pass to at least a threshold become checkpoints; variants the LP chooses to at
-    least one half are chosen."""
+    least one half are chosen. Also returns the LP's optimum, a lower bound on the MILP's
+    (None if the LP was not solved)."""
     milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
                             variants=variants)
     for v in milp.problem.variables():
@@ -54,7 +55,8 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
     milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
     if milp.problem.sol_status != pulp.LpSolutionOptimal:
         log.info("LP relaxation not solved (%s)", pulp.LpStatus[milp.problem.status])
-        return []
+        return [], None
+    bound = pulp.value(milp.problem.objective)
     variants = {e: name for (e, name), v in milp.variant.items() if (v.value() or 0) >= 0.5}
     ops = graph.ops()
     score = {o: 0.0 for o in ops}
@@ -67,7 +69,7 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
         if chosen not in seen:
             seen.add(chosen)
             candidates.append(checkpoint_decisions(graph, set(chosen), variants))
-    return candidates
+    return candidates, bound
 
 
 def structural_candidates(graph: PlannerGraph, times: list[float],

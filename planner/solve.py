@@ -13,11 +13,15 @@ from .budget import format_bytes, parse_budget
 from .formulation import MIB_SCALE, build_stage_milp
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, structural_candidates
+from .lns import improve_by_windows
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
 from .simulator import SimulationResult, simulate
 
 log = logging.getLogger(__name__)
+# Share of the time left after the heuristics that the full MILP gets; window-by-window
+# improvement (planner.lns) gets the rest when the full solve does not prove optimality.
+LNS_SHARE = 0.1
 
 
 class InfeasibleBudgetError(ValueError):
@@ -59,20 +63,18 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
 
 
 def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                time_limit_s: float, variants: str) -> list[Evaluation]:
+                time_limit_s: float, variants: str) -> tuple[list[Evaluation], float | None]:
     """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
-    and without every variant), simulated. The first is the unoptimised plan."""
+    and without every variant), simulated; the first is the unoptimised plan. Also the LP
+    relaxation's optimum (for ``budget``, or of the lowest peak without one)."""
     times = [n.time_s for n in profile.nodes]
     plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
     every = all_variants(graph, variants)
     if every:
         plans += [baseline_decisions(graph, every)] + structural_candidates(graph, times, every)
-    plans += lp_rounding_candidates(graph, times, None, time_limit_s=time_limit_s,
-                                    variants=variants)
-    if budget is not None:
-        plans += lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
-                                        variants=variants)
-    return [evaluate(profile, graph, d) for d in plans]
+    rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
+                                            variants=variants)
+    return [evaluate(profile, graph, d) for d in plans + rounded], bound
 
 
 def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
@@ -99,7 +101,8 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     any plan in the planner's search space."""
     options = options or SolveOptions()
     graph = planner_graph(profile)
-    candidates = _candidates(profile, graph, None, options.time_limit_s / 4, options.variants)
+    candidates, _ = _candidates(profile, graph, None, options.time_limit_s / 4,
+                                options.variants)
     ev, outcome = _lowest_peak(profile, graph, backend, options, candidates)
     bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
     return ev.result.peak_bytes, bound
@@ -129,8 +132,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
     t0 = time.perf_counter()
-    candidates = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
-                             options.variants)
+    candidates, lp_bound = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
+                                       options.variants)
     allowed = graph.variant_sites(options.variants)
     candidates += [evaluate(profile, graph, d) for d in hints
                    if all(any(v.name == name for v in allowed.get(e, []))
@@ -142,12 +145,25 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     warm = start is not None and milp.represents(start.decisions)
     if warm:
         milp.set_start(start.decisions)
+    t_full = time.perf_counter()
     outcome = solve_problem(milp.problem, backend,
-                            replace(options, time_limit_s=remaining, warm_start=warm))
+                            replace(options, time_limit_s=LNS_SHARE * remaining, warm_start=warm))
     from_milp = None
+    objective_of_milp = outcome.objective
     if outcome.has_solution:
         from_milp = evaluate(profile, graph, milp.decisions(len(graph.stages)))
         if from_milp.result.peak_bytes <= budget_bytes:
+            fitting.append(from_milp)
+    left = remaining - (time.perf_counter() - t_full)
+    incumbent = from_milp if from_milp is not None and from_milp in fitting else \
+        (start if warm else None)
+    if outcome.status != "optimal" and incumbent is not None and left > 2.0:
+        # The full solve stopped at its limit: improve its plan window by window.
+        decisions, steps = improve_by_windows(milp, graph, incumbent.decisions, backend,
+                                              options, left)
+        if steps:
+            from_milp = evaluate(profile, graph, decisions)
+            objective_of_milp = milp.objective_of(decisions)
             fitting.append(from_milp)
     if not fitting:
         # No plan found: the lowest-memory search names the smallest feasible budget (or,
@@ -169,8 +185,10 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     # The solver's own objective (recompute seconds) when its plan is the one returned;
     # the tests check it equals the simulator's extra time.
     from_solver = best is from_milp
-    objective = outcome.objective if from_solver else best.result.time_s - base.result.time_s
-    bound = outcome.bound
+    objective = objective_of_milp if from_solver else best.result.time_s - base.result.time_s
+    # The better of the solver's bound and the LP relaxation's (same problem).
+    bounds = [b for b in (outcome.bound, lp_bound) if b is not None]
+    bound = max(bounds) if bounds else None
     gap = None
     if bound is not None:
         gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)

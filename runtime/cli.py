@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget", required=True,
                    help="bytes, a size (5GiB, 800MB) or a fraction in (0, 1] of the "
                         "unoptimised peak")
-    s.add_argument("--solver", default="highs", choices=["highs", "cbc"])
+    s.add_argument("--solver", default="highs", choices=["highs", "cbc", "cpsat"],
+                   help="MILP backend: HiGHS (default), CBC or OR-Tools CP-SAT")
     s.add_argument("--time-limit", type=float, default=60.0, help="seconds (default 60)")
     s.add_argument("--gap", type=float, default=1e-4, help="relative optimality gap")
     s.add_argument("--variants", choices=["all", "exact", "none"], default="all",

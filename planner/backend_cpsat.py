@@ -1,0 +1,128 @@
+"""OR-Tools CP-SAT behind the same interface as HiGHS and CBC.
+
+The planner builds its problems in PuLP; this backend turns one into an integer model and
+solves it with CP-SAT in a child process (``planner/cpsat_worker.py``: OR-Tools and
+highspy cannot be loaded into one process). CP-SAT needs integer coefficients: a row with
+fractional coefficients (the memory rows, in MiB) is multiplied by ``ROW_SCALE`` and
+rounded *conservatively* (coefficients of binaries up, the right-hand side down), so every
+CP-SAT solution is feasible for the original rows; continuous variables (the peak) become
+integers in units of ``1 / ROW_SCALE``. The objective is scaled so that its smallest
+coefficient is ``OBJECTIVE_RESOLUTION`` units and rounded; the reported objective is
+recomputed exactly from the solution, the bound is scaled back.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+import threading
+
+import pulp
+
+from .backends import SolveOptions, SolveOutcome, outcome_of
+from .progress import ProgressLog
+
+log = logging.getLogger(__name__)
+
+ROW_SCALE = 1024  # MiB rows -> KiB
+OBJECTIVE_RESOLUTION = 1e4
+BIG = 2**40
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpsat_worker.py")
+
+
+def _integral(x: float) -> bool:
+    return abs(x - round(x)) <= 1e-9
+
+
+def integer_model(problem: pulp.LpProblem) -> tuple[dict, list[pulp.LpVariable], list[int],
+                                                     float]:
+    """The CP-SAT worker's input for ``problem``: bounds, rows and objective in integers.
+    Also returns the variables in order, their scales and the objective's scale."""
+    variables = problem.variables()
+    index = {v.name: i for i, v in enumerate(variables)}
+    bounds, scale = [], []
+    for v in variables:
+        lo = v.lowBound if v.lowBound is not None else -BIG
+        hi = v.upBound if v.upBound is not None else BIG
+        if v.cat in (pulp.LpBinary, pulp.LpInteger):
+            bounds.append([int(math.ceil(lo)), int(math.floor(hi))])
+            scale.append(1)
+        else:
+            bounds.append([max(-BIG, math.floor(lo * ROW_SCALE)),
+                           min(BIG, math.ceil(hi * ROW_SCALE))])
+            scale.append(ROW_SCALE)
+    rows = []
+    for c in problem.constraints.values():
+        unit = [(index[v.name], coef / scale[index[v.name]]) for v, coef in c.items() if coef]
+        rhs = -c.constant
+        if c.sense == pulp.LpConstraintGE:  # a x >= r  ->  -a x <= -r
+            unit, rhs, sense = [(i, -a) for i, a in unit], -rhs, pulp.LpConstraintLE
+        else:
+            sense = c.sense
+        if all(_integral(a) for _, a in unit) and _integral(rhs):
+            terms = [[i, int(round(a))] for i, a in unit]
+            r = int(round(rhs))
+            rows.append([terms, r if sense == pulp.LpConstraintEQ else None, r])
+            continue
+        if sense == pulp.LpConstraintEQ:
+            raise ValueError(f"CP-SAT backend: equality {c.name} has fractional coefficients")
+        # Scaled and rounded so that the integer row implies the original one.
+        terms = [[i, math.ceil(a * ROW_SCALE - 1e-9) if scale[i] == 1 else
+                  int(round(a * ROW_SCALE))] for i, a in unit]
+        rows.append([terms, None, math.floor(rhs * ROW_SCALE + 1e-9)])
+    unit = [(index[v.name], coef / scale[index[v.name]])
+            for v, coef in problem.objective.items() if coef]
+    smallest = min((abs(a) for _, a in unit), default=1.0)
+    largest = max((abs(a) for _, a in unit), default=1.0)
+    obj_scale = min(OBJECTIVE_RESOLUTION / smallest, 2.0**50 / max(largest * len(unit), 1.0))
+    objective = [[i, int(round(a * obj_scale))] for i, a in unit]
+    return ({"bounds": bounds, "rows": rows, "objective": objective}, variables, scale,
+            obj_scale)
+
+
+def solve_cpsat(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
+    """Solve ``problem`` with CP-SAT in a child process, with progress through logging."""
+    data, variables, scale, obj_scale = integer_model(problem)
+    constant = problem.objective.constant
+    if options.warm_start and all(v.varValue is not None for v in variables):
+        data["hint"] = [int(round(v.varValue * s)) for v, s in zip(variables, scale)]
+    data.update(time_limit=options.time_limit_s, workers=options.threads or 2,
+                gap=options.gap, verbose=options.verbose)
+    progress = ProgressLog("cpsat")
+    # -P: do not put planner/ on sys.path (its inspect.py would shadow the standard one).
+    proc = subprocess.Popen([sys.executable, "-P", WORKER], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    errors: list[str] = []
+
+    def relay() -> None:
+        for line in proc.stderr:
+            parts = line.split()
+            if len(parts) == 4 and parts[0] == "PROGRESS":
+                _, wall, obj, bound = parts
+                progress.update(float(obj) / obj_scale + constant,
+                                float(bound) / obj_scale + constant, float(wall))
+            else:
+                errors.append(line.rstrip())
+                if options.verbose:
+                    log.info("cpsat: %s", line.rstrip())
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(json.dumps(data), timeout=options.time_limit_s + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    reader.join(timeout=5)
+    if proc.returncode != 0 or not out:
+        tail = "; ".join(e for e in errors if e.strip())[-500:]
+        raise RuntimeError(f"the CP-SAT worker failed (exit {proc.returncode}): {tail}")
+    result = json.loads(out)
+    if result["values"] is not None:
+        for v, value, s in zip(variables, result["values"], scale):
+            v.varValue = value / s
+    bound = result["bound"] / obj_scale + constant if result["bound"] is not None else None
+    return outcome_of(problem, result["status"], result["seconds"], bound)
