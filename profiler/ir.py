@@ -149,6 +149,9 @@ def write_json_atomic(path: str, obj: Any) -> None:
             json.dump(obj, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a file's usual mode
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -41,6 +41,18 @@ def test_solve_and_inspect(profile_path, tmp_path):
     assert r.returncode == 0, r.stderr
     for word in ("budget", "peak", "step time", "recomputed", "solver"):
         assert word in r.stdout
+    assert "operator variant" in r.stdout
+
+
+@pytest.mark.parametrize("solver", ["highs", "cpsat"])
+def test_verbose_solve_shows_progress(profile_path, tmp_path, solver):
+    plan = tmp_path / "plan.json"
+    r = monet("-v", "solve", str(profile_path), "--budget", "0.6", "--time-limit", "6",
+              "--solver", solver, "--variants", "exact", "-o", str(plan))
+    assert r.returncode == 0, r.stderr
+    progress = [line for line in r.stderr.splitlines() if "incumbent" in line]
+    assert progress and all("bound" in line and "gap" in line for line in progress)
+    assert f"solver {solver}" in r.stdout
 
 
 def test_budget_forms(profile_path, tmp_path):

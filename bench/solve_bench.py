@@ -1,0 +1,127 @@
+"""How fast and how well the planner solves the benchmark models, on this machine.
+
+For every configuration under configs/ (its committed profile; made first if absent) and
+budgets of 1/2, 1/3 and 1/4 of the unoptimised peak: one row with the graph's nodes, the
+MILP's variables and constraints, the solver, wall seconds of the whole solve, the
+objective (extra time over the unoptimised step), the lower bound, the gap, and the
+predicted peak. Rows are written as they finish, so an interrupted run keeps them.
+
+    python bench/solve_bench.py                          # all models, HiGHS, 60 s
+    python bench/solve_bench.py --models resnet50 --solvers highs cpsat --time-limit 60
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import glob
+import logging
+import os
+import platform
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from planner import InfeasibleBudgetError, solve  # noqa: E402
+from planner.backends import SolveOptions  # noqa: E402
+from planner.budget import format_bytes  # noqa: E402
+from planner.schedule import baseline_decisions  # noqa: E402
+from planner.solve import evaluate, planner_graph  # noqa: E402
+from profiler.config import ModelConfig  # noqa: E402
+
+FRACTIONS = ((1 / 2, "1/2"), (1 / 3, "1/3"), (1 / 4, "1/4"))
+log = logging.getLogger("bench")
+
+
+def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, variants: str):
+    profile = config.load_profile()
+    graph = planner_graph(profile)
+    base = evaluate(profile, graph, baseline_decisions(graph))
+    peak, step = base.result.peak_bytes, base.result.time_s
+    for frac, label in FRACTIONS:
+        for solver in solvers:
+            t0 = time.perf_counter()
+            row = {"model": config.name, "nodes": len(profile.nodes), "timing": profile.timing,
+                   "budget": label, "solver": solver, "peak0": peak}
+            try:
+                plan = solve(profile, int(peak * frac), backend=solver,
+                             options=SolveOptions(time_limit_s=time_limit, variants=variants))
+            except InfeasibleBudgetError as e:
+                row.update(seconds=time.perf_counter() - t0, status="infeasible",
+                           smallest=e.smallest_feasible)
+                yield row
+                continue
+            s = plan.solver
+            row.update(seconds=time.perf_counter() - t0, status=s.status,
+                       variables=s.variables, constraints=s.constraints,
+                       objective=s.objective / step if s.objective is not None else None,
+                       bound=s.bound / step if s.bound is not None else None, gap=s.gap,
+                       predicted_peak=plan.predicted_peak_bytes,
+                       overhead=plan.predicted_time_s / step - 1,
+                       variants_used=len(plan.variants))
+            yield row
+
+
+def _pct(x):
+    return "" if x is None else f"{x:+.2%}"
+
+
+def render(rows, args) -> str:
+    lines = [
+        "# Planner speed and quality (`bench/solve_bench.py`)", "",
+        f"{datetime.date.today()}, torch {torch.__version__}, {platform.processor() or 'cpu'} "
+        f"with {os.cpu_count()} cores, time limit {args.time_limit:.0f} s per budget, "
+        f"variants: {args.variants}. Profiles from configs/ (timing column: measured on a GPU "
+        "or FLOP-estimated). Objective and bound are extra time as a fraction of the "
+        "unoptimised step; the gap is (objective - bound) / objective.", "",
+        "| model | nodes | budget | solver | variables | constraints | seconds | status | "
+        "objective | bound | gap | predicted peak | variants used |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["status"] == "infeasible":
+            lines.append(f"| {r['model']} ({r['timing']}) | {r['nodes']} | {r['budget']} of "
+                         f"{format_bytes(r['peak0'])} | {r['solver']} | | | "
+                         f"{r['seconds']:.1f} | infeasible (smallest found "
+                         f"{format_bytes(r['smallest'])}) | | | | | |")
+            continue
+        gap = "" if r["gap"] is None else f"{r['gap']:.1%}"
+        lines.append(
+            f"| {r['model']} ({r['timing']}) | {r['nodes']} | {r['budget']} of "
+            f"{format_bytes(r['peak0'])} | {r['solver']} | {r['variables']} | "
+            f"{r['constraints']} | {r['seconds']:.1f} | {r['status']} | {_pct(r['objective'])} "
+            f"| {_pct(r['bound'])} | {gap} | {format_bytes(r['predicted_peak'])} | "
+            f"{r['variants_used']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    configs = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
+    names = [os.path.splitext(os.path.basename(c))[0] for c in configs]
+    parser.add_argument("--models", nargs="+", default=names, choices=names)
+    parser.add_argument("--solvers", nargs="+", default=["highs"],
+                        choices=["highs", "cbc", "cpsat"])
+    parser.add_argument("--time-limit", type=float, default=60)
+    parser.add_argument("--variants", default="all", choices=["all", "exact", "none"])
+    parser.add_argument("-o", "--output",
+                        default=os.path.join(ROOT, "bench/results/solve_bench.md"))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("planner").setLevel(logging.WARNING)
+    rows = []
+    for name in args.models:
+        config = ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
+        for row in bench_model(config, args.solvers, args.time_limit, args.variants):
+            rows.append(row)
+            log.info("%s", row)
+            tmp = args.output + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(render(rows, args))
+            os.replace(tmp, args.output)
+
+
+if __name__ == "__main__":
+    main()

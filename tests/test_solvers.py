@@ -1,0 +1,99 @@
+"""Solver backends, window-by-window improvement, bounds, progress and model configs."""
+from __future__ import annotations
+
+import copy
+import glob
+import logging
+import os
+
+import pytest
+
+from conftest import assert_same_step, model_case, plan_is_exact, train_step
+from planner import solve
+from planner.backends import SolveOptions
+from planner.formulation import build_stage_milp
+from planner.heuristic import structural_candidates
+from planner.lns import improve_by_windows
+from planner.progress import relative_gap
+from planner.schedule import baseline_decisions, build_schedule
+from planner.simulator import simulate
+from planner.solve import planner_graph
+from profiler.config import ConfigError, ModelConfig
+from runtime import load_plan
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_cpsat_backend_gives_a_correct_plan(gpt_case, caplog):
+    with caplog.at_level(logging.INFO, logger="planner.progress"):
+        plan = solve(gpt_case.profile, 0.7, backend="cpsat",
+                     options=SolveOptions(time_limit_s=8))
+    assert plan.solver.name == "cpsat"
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.solver_peak_bytes == plan.predicted_peak_bytes
+    assert plan.solver.bound is not None and 0 <= plan.solver.gap <= 1
+    model = load_plan(copy.deepcopy(gpt_case.model), plan)
+    result = train_step(model, gpt_case.inputs)
+    assert model.last_peak_bytes == plan.predicted_peak_bytes
+    assert_same_step(result, gpt_case.eager, plan_is_exact(plan), case=gpt_case)
+    assert any("cpsat" in r.message and "incumbent" in r.message for r in caplog.records)
+
+
+def test_windows_never_make_a_plan_worse():
+    """Fix-and-resolve from a checkpoint plan: cheaper or equal, still within the budget,
+    and its formulation objective is the simulator's extra time."""
+    case = model_case("resnet18")
+    graph = planner_graph(case.profile)
+    times = [n.time_s for n in case.profile.nodes]
+    unoptimised = simulate(case.profile, build_schedule(graph, baseline_decisions(graph)))
+    probe = build_stage_milp(graph, times, 10**15)
+    start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
+                key=probe.objective_of)
+    budget = probe.evaluate_peak(start)  # the start just fits
+    milp = build_stage_milp(graph, times, budget)
+    better, steps = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0,
+                                       window=8)
+    assert milp.objective_of(better) <= milp.objective_of(start)
+    sim = simulate(case.profile, build_schedule(graph, better))
+    assert sim.peak_bytes <= budget
+    assert sim.peak_bytes == milp.evaluate_peak(better)
+    extra = sim.time_s - unoptimised.time_s
+    assert milp.objective_of(better) == pytest.approx(extra, rel=1e-6, abs=1e-12)
+    # The variables' bounds are restored.
+    assert all(v.lowBound in (0, None) and v.upBound in (1, None)
+               for v in milp.problem.variables())
+
+
+def test_every_solve_reports_a_bound_and_gap(gpt_case):
+    plan = solve(gpt_case.profile, 0.65, options=SolveOptions(time_limit_s=6))
+    s = plan.solver
+    assert s.bound is not None and s.bound <= s.objective + 1e-12
+    assert s.gap == pytest.approx(relative_gap(s.objective, s.bound), abs=1e-9)
+
+
+def test_relative_gap():
+    assert relative_gap(2.0, 1.0) == 0.5
+    assert relative_gap(0.0, 0.0) == 0.0
+    assert relative_gap(None, 1.0) is None
+    assert relative_gap(1.0, 2.0) == 0.0
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
+def test_committed_configs_and_profiles(path):
+    config = ModelConfig.load(path)
+    assert config.budgets and config.model
+    profile = config.load_profile(make=False)  # committed: never re-made by the tests
+    assert profile.timing in ("estimated", "measured")
+    assert (".estimated." in config.profile) == (profile.timing == "estimated")
+
+
+def test_bad_configs(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        ModelConfig.load(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: torchvision:resnet18\nbatchsize: 3\n")
+    with pytest.raises(ConfigError, match="unknown entries"):
+        ModelConfig.load(str(bad))
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        ModelConfig.load(str(bad))
