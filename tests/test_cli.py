@@ -57,7 +57,8 @@ def test_verbose_solve_shows_progress(profile_path, tmp_path, solver):
 
 def test_budget_forms(profile_path, tmp_path):
     for budget in ("1.0", "50MiB", "100000000"):
-        r = monet("solve", str(profile_path), "--budget", budget, "-o", str(tmp_path / "p.json"))
+        r = monet("solve", str(profile_path), "--budget", budget, "--time-limit", "5",
+                  "-o", str(tmp_path / "p.json"))
         assert r.returncode == 0, r.stderr
 
 

@@ -13,7 +13,7 @@ from planner.simulator import SimulationError, simulate
 from planner.solve import planner_graph
 from runtime import load_plan
 
-OPTIONS = SolveOptions(time_limit_s=10)
+OPTIONS = SolveOptions(time_limit_s=6)
 
 
 @pytest.mark.parametrize("name", ["gpt", "resnet18"])
