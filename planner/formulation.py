@@ -65,7 +65,16 @@ class StageMILP:
             value[v.name] = 1 if o in decisions.recompute[k] else 0
         for (e, name), v in self.variant.items():
             value[v.name] = 1 if decisions.variants.get(e) == name else 0
+        if self.peak is not None:
+            value[self.peak.name] = self._largest_row(value) * MIB_SCALE
         return value
+
+    def _largest_row(self, value: dict[str, float]) -> int:
+        best = 0
+        for row in self.memory_rows:
+            total = row.constant + sum(c * value[v.name] for v, c in row.items())
+            best = max(best, int(round(total)))
+        return best
 
     def represents(self, decisions: Decisions) -> bool:
         """Whether ``decisions`` is a point of this problem (recomputes within the window,
@@ -89,7 +98,7 @@ class StageMILP:
         for v in (*self.keep.values(), *self.recompute.values(), *self.variant.values()):
             v.varValue = value[v.name]
         if self.peak is not None:
-            self.peak.varValue = self.evaluate_peak(decisions) * MIB_SCALE
+            self.peak.varValue = value[self.peak.name]
 
     def objective_of(self, decisions: Decisions) -> float:
         """The objective's value at ``decisions``."""
@@ -99,12 +108,7 @@ class StageMILP:
 
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""
-        value = self.values(decisions)
-        best = 0
-        for row in self.memory_rows:
-            total = row.constant + sum(c * value[v.name] for v, c in row.items())
-            best = max(best, int(round(total)))
-        return best
+        return self._largest_row(self.values(decisions))
 
 
 def storage_lifetimes(graph: PlannerGraph, order: list[int], node_last_use: dict[int, int]

@@ -88,10 +88,21 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True,
                             variants=options.variants)
     milp.set_start(candidates[0].decisions)
-    outcome = solve_problem(milp.problem, backend, replace(options, warm_start=True))
+    t0 = time.perf_counter()
+    outcome = solve_problem(milp.problem, backend, replace(
+        options, warm_start=True, time_limit_s=0.5 * options.time_limit_s))
     found = list(candidates)
     if outcome.has_solution:
         found.append(evaluate(profile, graph, milp.decisions(len(graph.stages))))
+    left = options.time_limit_s - (time.perf_counter() - t0)
+    if outcome.status != "optimal" and left > 2.0:
+        # Improve the lowest-peak point of the problem window by window.
+        start = min((e for e in found if milp.represents(e.decisions)),
+                    key=lambda e: milp.evaluate_peak(e.decisions))
+        decisions, steps = improve_by_windows(milp, graph, start.decisions, backend, options,
+                                              left)
+        if steps:
+            found.append(evaluate(profile, graph, decisions))
     return min(found, key=lambda e: e.result.peak_bytes), outcome
 
 
