@@ -94,8 +94,13 @@ def main() -> None:
                     "variants": dict(Counter(plan.variants.values()))}
             records.append(rec)
             log.info("%s", json.dumps(rec))
+        # The smallest budget with a plan: the planner's search, or any plan above.
+        found = {tag: [r[tag]["peak"] for r in records if r.get("model") == name
+                       and r.get(tag)] for tag in ("checkpoint", "variants")}
         low_ck, _ = smallest_feasible_budget(profile, options=plain)
+        low_ck = min([low_ck] + found["checkpoint"])
         low_va, _ = smallest_feasible_budget(profile, options=with_variants)
+        low_va = min([low_va] + found["variants"])
         records.append({"model": name, "smallest_checkpoint": low_ck, "smallest_variants": low_va,
                         "peak": peak})
         rows.append((name, profile, peak, t_base, low_ck, low_va))
