@@ -115,6 +115,19 @@ def _module_paths(records: list[NodeRecord]) -> None:
         r.module = (owners or inherited or [""])[0]
 
 
+def _target_name(node: fx.Node) -> str:
+    """A name for what a node calls that is the same in every process: ``aten.relu.default``,
+    ``<built-in function getitem>``, or ``module.function`` for a variant's function (whose
+    repr would carry its address)."""
+    if node.op == "placeholder":
+        return "placeholder"
+    target = node.target
+    if isinstance(target, torch._ops.OpOverload) or not callable(target) or \
+            target is operator.getitem:
+        return str(target)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
 def _is_random(node: fx.Node) -> bool:
     target = node.target
     return isinstance(target, torch._ops.OpOverload) and \
@@ -224,7 +237,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         shape = [list(t.shape) for t in tensors] if isinstance(val, (tuple, list)) else \
             (list(val.shape) if isinstance(val, torch.Tensor) else [])
         records.append(NodeRecord(
-            index=i, name=n.name, target=str(n.target) if n.op != "placeholder" else "placeholder",
+            index=i, name=n.name, target=_target_name(n),
             role=role, inputs=[index[a] for a in n.all_input_nodes], storages=storages,
             new_storages=new if n.op != "placeholder" else [], shape=shape,
             dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),

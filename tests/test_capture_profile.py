@@ -1,5 +1,6 @@
 """Capture and profile: roles, storages, buffers, random ops, hashing and the JSON file."""
 import json
+import os
 
 import pytest
 import torch
@@ -114,3 +115,20 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
         write_json_atomic(str(path), {"a": object()})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_graph_hash_is_the_same_in_another_process():
+    """Plans are made in one process and loaded in another: nothing process-specific (such
+    as a variant function's address) may enter the hash."""
+    import subprocess
+    import sys
+    code = ("import torch, torchvision; from profiler.capture import capture; "
+            "torch.manual_seed(0); "
+            "m = torchvision.models.resnet18(num_classes=10).train(); "
+            "print(capture(m, (torch.randn(2, 3, 32, 32),)).graph_hash)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, env=dict(os.environ, PYTHONPATH=root), timeout=300)
+    assert out.returncode == 0, out.stderr
+    model, x = small_resnet()
+    assert out.stdout.split()[-1] == capture(model, (x,)).graph_hash
