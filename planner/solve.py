@@ -81,6 +81,13 @@ def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
     return [evaluate(profile, graph, d) for d in plans + rounded], bound
 
 
+def _uses_only(graph: PlannerGraph, mode: str, decisions: Decisions) -> bool:
+    """Whether ``decisions`` choose only variants that ``mode`` allows."""
+    allowed = graph.variant_sites(mode)
+    return all(any(v.name == name for v in allowed.get(e, []))
+               for e, name in decisions.variants.items())
+
+
 def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
                  candidates: list[Evaluation]) -> tuple[Evaluation, SolveOutcome]:
     """The lowest-peak plan among ``candidates`` and the MILP's answer.
@@ -125,10 +132,8 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     graph = planner_graph(profile)
     candidates, _ = _candidates(profile, graph, None, options.time_limit_s / 8,
                                 options.variants)
-    allowed = graph.variant_sites(options.variants)
     candidates += [evaluate(profile, graph, d) for d in _LOW_PLANS.get(profile.graph_hash, [])
-                   if all(any(v.name == name for v in allowed.get(e, []))
-                          for e, name in d.variants.items())]
+                   if _uses_only(graph, options.variants, d)]
     ev, outcome = _lowest_peak(profile, graph, backend, replace(
         options, time_limit_s=0.5 * options.time_limit_s), candidates)
     bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
@@ -179,11 +184,9 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     t0 = time.perf_counter()
     candidates, lp_bound = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
                                        options.variants)
-    allowed = graph.variant_sites(options.variants)
     hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
     candidates += [evaluate(profile, graph, d) for d in hints
-                   if all(any(v.name == name for v in allowed.get(e, []))
-                          for e, name in d.variants.items())]
+                   if _uses_only(graph, options.variants, d)]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
