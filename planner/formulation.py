@@ -213,8 +213,8 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     """The MILP for ``graph``: minimise the step's extra time under ``budget`` bytes, or
     (with ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
     ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
-    at no cost for the budgets where longer chains would not pay. Without
-    ``variants`` chooses which operator variants the plan may use: all, exact, none."""
+    at no cost for the budgets where longer chains would not pay. ``variants`` says which
+    operator variants the plan may use: all, exact or none."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
@@ -272,7 +272,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
                     [graph.needs_of_choice[e, v.name] for v in sites[e]]
                 always |= set.intersection(*map(set, options))
             else:
-                always |= graph.forward_needs_of(e)
+                always |= graph.needs_of_choice[e, ""]
         hard = _storages(graph, always)
         for s in hard:
             prob += avail(k, s) >= 1, f"need_{k}_{s}"

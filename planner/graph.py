@@ -83,6 +83,7 @@ class PlannerGraph:
     variants: dict[int, list[Variant]] = field(default_factory=dict)  # site -> its variants
     packs: dict[int, list[Variant]] = field(default_factory=dict)  # pack node -> variants
     site_stage: dict[int, int] = field(default_factory=dict)
+    # (executed node, variant name or "" for the original) -> forward nodes it reads
     needs_of_choice: dict[tuple[int, str], set[int]] = field(default_factory=dict)
     stage_needs_any: list[set[int]] = field(default_factory=list)  # under any choice
 
@@ -175,8 +176,8 @@ class PlannerGraph:
             self.stage_needs[-1] |= needs
             for o in options:
                 self.stage_needs_any[-1] |= o
+            self.needs_of_choice[e, ""] = needs
             if e in self.variants:
-                self.needs_of_choice[e, ""] = needs
                 self.site_stage[e] = len(self.stages) - 1
 
     def _liveness(self) -> None:
@@ -238,8 +239,7 @@ class PlannerGraph:
         else:
             needs = set()
             for e in self.stages[k]:
-                needs |= self.needs_of_choice.get((e, variants.get(e, "")), set()) \
-                    if e in self.variants else self.forward_needs_of(e)
+                needs |= self.needs_of_choice[e, variants.get(e, "")]
         out: set[int] = set()
         for n in needs:
             out |= self.planned_storages(n)
@@ -265,13 +265,3 @@ class PlannerGraph:
             if v.name == name:
                 return v
         raise KeyError(f"no variant {name!r} for node {self.nodes[site].name}")
-
-    def pack_storages(self, variants: dict[int, str]) -> dict[int, int]:
-        """Pack storages the chosen ``variants`` keep, with the stage that reads each."""
-        out: dict[int, int] = {}
-        for site, name in variants.items():
-            v = self.variant(site, name)
-            if v.pack is not None:
-                for s in self.nodes[v.pack].new_storages:
-                    out[s] = self.site_stage[site]
-        return out
