@@ -26,12 +26,9 @@ from dataclasses import dataclass, field
 import networkx as nx
 import pulp
 
-from .graph import END, PlannerGraph
+from .graph import PlannerGraph
+from .memory_rows import MIB_SCALE, AuxVariable, forward_memory_rows, stage_memory_rows
 from .schedule import Decisions
-
-# Memory rows are given to the solver in MiB: byte-sized coefficients (up to 1e10) next to
-# 0/1 variables strain the solvers' tolerances. Plans are re-checked in bytes afterwards.
-MIB_SCALE = 1.0 / 2**20
 
 
 @dataclass
@@ -44,6 +41,7 @@ class StageMILP:
     memory_rows: list[pulp.LpAffineExpression] = field(default_factory=list)
     peak: pulp.LpVariable | None = None
     variant: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
+    aux: list[AuxVariable] = field(default_factory=list)
 
     def decisions(self, stages: int) -> Decisions:
         keep = [set() for _ in range(stages)]
@@ -65,6 +63,8 @@ class StageMILP:
             value[v.name] = 1 if o in decisions.recompute[k] else 0
         for (e, name), v in self.variant.items():
             value[v.name] = 1 if decisions.variants.get(e) == name else 0
+        for a in self.aux:  # in order: an auxiliary may depend on earlier ones
+            value[a.var.name] = max([0.0] + [_evaluate(expr, value) for expr in a.lower])
         if self.peak is not None:
             value[self.peak.name] = self._largest_row(value) * MIB_SCALE
         return value
@@ -72,7 +72,7 @@ class StageMILP:
     def _largest_row(self, value: dict[str, float]) -> int:
         best = 0
         for row in self.memory_rows:
-            total = row.constant + sum(c * value[v.name] for v, c in row.items())
+            total = _evaluate(row, value)
             best = max(best, int(round(total)))
         return best
 
@@ -95,7 +95,8 @@ class StageMILP:
     def set_start(self, decisions: Decisions) -> None:
         """Give every variable the value it has in ``decisions`` (a solver warm start)."""
         value = self.values(decisions)
-        for v in (*self.keep.values(), *self.recompute.values(), *self.variant.values()):
+        for v in (*self.keep.values(), *self.recompute.values(), *self.variant.values(),
+                  *(a.var for a in self.aux)):
             v.varValue = value[v.name]
         if self.peak is not None:
             self.peak.varValue = value[self.peak.name]
@@ -111,77 +112,8 @@ class StageMILP:
         return self._largest_row(self.values(decisions))
 
 
-def storage_lifetimes(graph: PlannerGraph, order: list[int], node_last_use: dict[int, int]
-                      ) -> tuple[dict[int, int], dict[int, int]]:
-    """For the nodes run in ``order``: the position where each storage is allocated, and
-    the last position where any node referencing it is live (views keep their base)."""
-    created_at: dict[int, int] = {}
-    last_use: dict[int, int] = {}
-    for t, n in enumerate(order):
-        end = max(node_last_use[n], t)
-        for s in graph.nodes[n].storages:
-            last_use[s] = max(last_use.get(s, -1), end)
-        for s in graph.nodes[n].new_storages:
-            created_at[s] = t
-    return created_at, last_use
-
-
-def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
-                        base: int) -> list[pulp.LpAffineExpression]:
-    """Memory after each forward step, linear in the after-forward keep variables.
-
-    A pack node's output exists only when its variant is chosen, which is exactly when it
-    is kept (``keep0``): it and the pack's workspace are counted through that variable.
-    Rows dominated by a later row (same or larger constant, superset of variables) are
-    dropped: the set of storages past their last use only grows along the forward pass.
-    """
-    optional = {s for p in graph.packs for s in graph.nodes[p].new_storages}
-    created_at, last_use = storage_lifetimes(graph, graph.forward, graph.forward_last_use)
-    by_step: list[list[int]] = [[] for _ in graph.forward]
-    for s, t in created_at.items():
-        by_step[t].append(s)
-    rows: list[tuple[int, pulp.LpAffineExpression, bool]] = []
-    created: list[int] = []
-    for t in range(len(graph.forward)):
-        created.extend(by_step[t])
-        fixed = base
-        expr = pulp.LpAffineExpression()
-        n = graph.forward[t]
-        if n in graph.packs and graph.nodes[n].workspace_bytes:
-            for s in graph.nodes[n].new_storages:
-                if s in keep0:
-                    expr += graph.nodes[n].workspace_bytes * keep0[s]
-        for s in created:
-            b = graph.storage_bytes[s]
-            if s in optional:
-                if s in keep0:
-                    expr += b * keep0[s]
-            elif last_use[s] >= t or s in graph.pinned_storages:
-                fixed += b
-            elif s in keep0:
-                expr += b * keep0[s]
-        expr += fixed
-        # A pack's workspace term appears in its own row only: never dominated.
-        rows.append((fixed, expr, n in graph.packs))
-    kept: list[pulp.LpAffineExpression] = []
-    best_later = -1
-    for fixed, expr, transient in reversed(rows):
-        if fixed > best_later or transient:
-            kept.append(expr)
-            best_later = max(best_later, fixed)
-    return kept
-
-
-def backward_live_bytes(graph: PlannerGraph) -> list[int]:
-    """Bytes of backward-allocated storages live while each executed node runs."""
-    created_at, last_use = storage_lifetimes(graph, graph.executed, graph.backward_last_use)
-    live = [0] * len(graph.executed)
-    for s, t in created_at.items():
-        stop = min(last_use[s], len(graph.executed) - 1) if last_use[s] < END else \
-            len(graph.executed) - 1
-        for j in range(t, stop + 1):
-            live[j] += graph.storage_bytes[s]
-    return live
+def _evaluate(expr: pulp.LpAffineExpression, value: dict[str, float]) -> float:
+    return expr.constant + sum(c * value[v.name] for v, c in expr.items())
 
 
 def recompute_candidates(graph: PlannerGraph, dag: nx.DiGraph, needs: set[int], ops: set[int],
@@ -209,12 +141,13 @@ def _storages(graph: PlannerGraph, nodes: set[int]) -> set[int]:
 
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
                      minimize_peak: bool = False, max_recompute_depth: int | None = 12,
-                     variants: str = "all") -> StageMILP:
+                     variants: str = "all", include: Decisions | None = None) -> StageMILP:
     """The MILP for ``graph``: minimise the step's extra time under ``budget`` bytes, or
     (with ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
     ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
-    at no cost for the budgets where longer chains would not pay. ``variants`` says which
-    operator variants the plan may use: all, exact or none."""
+    at no cost for the budgets where longer chains would not pay; the recomputations of
+    ``include`` (a warm start) are candidates too, so that it is a point of the problem.
+    ``variants`` says which operator variants the plan may use: all, exact or none."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
@@ -224,6 +157,9 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     dag = graph.forward_dag()
     anc_nodes = [recompute_candidates(graph, dag, stage_needs[k], ops, max_recompute_depth)
                  for k in range(K)]
+    if include is not None:
+        for k in range(K):
+            anc_nodes[k] |= include.recompute[k] & ops
     # Events of a storage: the stages that may read or recompute it. Between two events a
     # storage is either held throughout or not at all (dropping it earlier is never worse),
     # so one keep variable per event suffices: it covers the stages since the last event.
@@ -305,27 +241,14 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base)
     pinned = sum(graph.storage_bytes[s] for s in graph.pinned_storages)
     tangents = sum(graph.storage_bytes[s] for s in graph.tangent_storages - graph.pinned_storages)
-    bwd_live = backward_live_bytes(graph)
-    bpos = {n: t for t, n in enumerate(graph.executed)}
-    terms: list[list[tuple[pulp.LpVariable, int]]] = [[] for _ in range(K)]
-    for (k, s), v in S.items():
-        terms[k].append((v, graph.storage_bytes[s]))
-    for (k, o), v in R.items():
-        terms[k].append((v, graph.new_bytes(o)))
-    for k in range(K):
-        const = base + pinned + tangents
-        plain = [bwd_live[bpos[e]] for e in graph.stages[k]
-                 if not any(graph.nodes[v.impl].workspace_bytes for v in sites.get(e, []))]
-        if plain:
-            rows.append(pulp.LpAffineExpression(terms[k], constant=const + max(plain)))
-        for e in graph.stages[k]:
-            ws = [(U[e, v.name], graph.nodes[v.impl].workspace_bytes) for v in sites.get(e, [])
-                  if graph.nodes[v.impl].workspace_bytes]
-            if ws:
-                rows.append(pulp.LpAffineExpression(terms[k] + ws,
-                                                    constant=const + bwd_live[bpos[e]]))
+    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned + tangents)
+    rows += stage_rows
+    for a in aux:
+        for i, expr in enumerate(a.lower):
+            prob += a.var >= expr, f"aux_{a.var.name}_{i}"
 
-    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U)
+    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
+                     aux=aux)
     extra_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
     for (e, name), v in U.items():
         var = graph.variant(e, name)

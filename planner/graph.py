@@ -12,9 +12,14 @@ Definitions (shared by the formulation, the schedule builder and the runtime):
 * a backward alias node whose inputs are forward or constant nodes is *derivable*: it runs
   on demand inside the stage that needs it. All other backward nodes are *executed* in
   graph order.
-* a new *stage* starts at every executed backward node that needs a forward node. In a
-  stage the planner's forward tensors (held and recomputed) stay live from its start to
-  its end, when those not kept for the next stage are freed.
+* a new *stage* starts at every executed backward node that needs a forward node, so only
+  a stage's first node reads forward tensors. A stage runs in two phases. The *recompute
+  phase* runs the stage's recomputed ops in graph order; a recomputed tensor that the
+  stage's first node cannot read (under any variant choice) and that is not kept for the
+  next stage is freed right after the last recomputed op that reads it. The *backward
+  phase* runs the stage's executed nodes; before its first node, held tensors it cannot
+  read and that are not kept for the next stage are freed, and after it every forward
+  tensor not kept for the next stage.
 * a *site* is an executed backward node with operator variants (``profiler.variants``).
   A chosen variant runs its implementation node instead of the site, producing the site's
   value, and its pack node (if any) runs in the forward pass right after the value it
@@ -86,6 +91,7 @@ class PlannerGraph:
     # (executed node, variant name or "" for the original) -> forward nodes it reads
     needs_of_choice: dict[tuple[int, str], set[int]] = field(default_factory=dict)
     stage_needs_any: list[set[int]] = field(default_factory=list)  # under any choice
+    _need_any_cache: dict[int, set[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, nodes: list[NodeRecord], storage_bytes: dict[int, int],
@@ -231,6 +237,17 @@ class PlannerGraph:
         for i in self.nodes[index].inputs:
             out |= self.planned_storages(i)
         return out
+
+    def stage_need_storages_any(self, k: int) -> set[int]:
+        """Planned storages stage k may read under any variant choice (what the schedule
+        keeps live until the stage's first node has run)."""
+        cached = self._need_any_cache.get(k)
+        if cached is None:
+            cached = set()
+            for n in self.stage_needs_any[k]:
+                cached |= self.planned_storages(n)
+            self._need_any_cache[k] = cached
+        return cached
 
     def stage_need_storages(self, k: int, variants: dict[int, str] | None = None) -> set[int]:
         """Planned storages stage k reads, with the ``variants`` chosen (site -> name)."""

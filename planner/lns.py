@@ -33,8 +33,8 @@ def _stages_of_variables(milp: StageMILP, graph: PlannerGraph) -> dict[str, set[
 
 
 def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, backend: str,
-                       options: SolveOptions, time_budget_s: float, window: int = 64,
-                       step_limit_s: float = 10.0) -> tuple[Decisions, int]:
+                       options: SolveOptions, time_budget_s: float, window: int = 16,
+                       step_limit_s: float = 3.0) -> tuple[Decisions, int]:
     """Improve ``start`` (a point of ``milp``) by re-solving windows of ``window`` stages
     with everything else fixed, until ``time_budget_s`` is spent or a full sweep finds
     nothing better. Returns the best decisions and the number of improving windows."""

@@ -124,10 +124,21 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             raise ScheduleError(f"stage {k} needs {nodes[m].name}, which is neither kept "
                                 "nor recomputed")
 
+        nxt = decisions.keep[k + 1] if k + 1 < len(graph.stages) else set()
+        needed = graph.stage_need_storages_any(k)
         held_storages = env_storages(graph, env)  # recomputed ops allocate new storages
-        for o in sorted(decisions.recompute[k]):
+        order = sorted(decisions.recompute[k])
+        last_reader: dict[int, int] = {}  # storage -> rank of its last recomputed reader
+        for rank, o in enumerate(order):
+            for s in graph.op_inputs(o):
+                last_reader[s] = rank
+        made: set[int] = set()  # storages recomputed in this stage
+        local: list[int] = []  # nodes added in the recompute phase
+        dead: set[int] = set()
+        for rank, o in enumerate(order):
             if any(s in held_storages for s in nodes[o].new_storages):
                 raise ScheduleError(f"stage {k} recomputes {nodes[o].name} while holding it")
+            before = len(steps)
             for i in nodes[o].inputs:
                 ensure(i)
             steps.append(Step("run", o, k))
@@ -137,7 +148,22 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             for g in graph.getitems.get(o, []):
                 steps.append(Step("run", g, k))
                 env.add(g)
-        for e in stage:
+            if o in graph.getitems:  # its getitems hold what is used of a tuple
+                env.discard(o)
+                steps.append(Step("free", o, k))
+            local.extend(st.node for st in steps[before:] if st.kind == "run")
+            made.update(graph.planned_storages(o))
+            # Recomputed tensors nobody reads any more in this stage are freed now.
+            newly = {s for s in (*graph.op_inputs(o), *graph.planned_storages(o))
+                     if s in made and last_reader.get(s, -1) <= rank
+                     and s not in needed and s not in nxt}
+            if newly:
+                dead |= newly
+                _free_where(graph, env, local, steps, k, lambda p: p <= dead)
+        # Before the backward phase: free what its first node cannot read and is not kept.
+        _free_where(graph, env, sorted(env), steps, k,
+                    lambda p: not (p & needed) and not (p & nxt))
+        for j, e in enumerate(stage):
             runs = impl[e].impl if e in impl else e
             for i in nodes[runs].inputs:
                 ensure(i)
@@ -147,7 +173,8 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                 if m in bpos and m in env and graph.backward_last_use[m] <= bpos[e]:
                     env.discard(m)
                     steps.append(Step("free", m, k))
-        nxt = decisions.keep[k + 1] if k + 1 < len(graph.stages) else set()
+            if j == 0:  # only a stage's first node reads forward tensors
+                _free_where(graph, env, sorted(env), steps, k, lambda p: not (p & nxt))
         for m in sorted(env):
             planned = nodes[m].role in FORWARD_ROLES or m in graph.derivable
             if planned and (m in graph.derivable or not held(m, nxt)):
@@ -162,3 +189,18 @@ def env_storages(graph: PlannerGraph, env: set[int]) -> set[int]:
     for m in env:
         out.update(graph.nodes[m].storages)
     return out
+
+
+def _free_where(graph: PlannerGraph, env: set[int], candidates: list[int], steps: list[Step],
+                stage: int, dead) -> None:
+    """Free the forward (and derivable) nodes among ``candidates`` held in ``env`` whose
+    planned storages are non-empty and satisfy ``dead``."""
+    for m in candidates:
+        if m not in env:
+            continue
+        if graph.nodes[m].role not in FORWARD_ROLES and m not in graph.derivable:
+            continue
+        planned = graph.planned_storages(m)
+        if planned and dead(planned):
+            env.discard(m)
+            steps.append(Step("free", m, stage))

@@ -21,7 +21,10 @@ from .simulator import SimulationResult, simulate
 log = logging.getLogger(__name__)
 # Share of the time left after the heuristics that the full MILP gets; window-by-window
 # improvement (planner.lns) gets the rest when the full solve does not prove optimality.
+# Without a warm start (no heuristic plan fits) the full MILP must first find a plan, and
+# gets the larger share.
 LNS_SHARE = 0.1
+COLD_SHARE = 0.5
 BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
 # Lowest-peak plans found in this process, per profile: later solves start from them too,
 # so a budget just above a reported smallest feasible one is solved from that plan.
@@ -190,13 +193,15 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
-    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants)
+    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
+                            include=start.decisions if start is not None else None)
     warm = start is not None and milp.represents(start.decisions)
     if warm:
         milp.set_start(start.decisions)
     t_full = time.perf_counter()
+    share = LNS_SHARE if warm else COLD_SHARE
     outcome = solve_problem(milp.problem, backend,
-                            replace(options, time_limit_s=LNS_SHARE * remaining, warm_start=warm))
+                            replace(options, time_limit_s=share * remaining, warm_start=warm))
     from_milp = None
     objective_of_milp = outcome.objective
     if outcome.has_solution:

@@ -82,11 +82,14 @@ def test_formulation_memory_equals_simulator_with_variants(name):
 
 def test_solver_prefers_variants_and_inspect_reports_them():
     case = model_case("resnet18")
+    # At 0.7 of the peak variants pay (about +2.8 % against +5.3 % without, estimated
+    # times); at 0.6 the budget sits just above the forward pass's own floor, where a
+    # variant's pack has no room and the best plans are the same with and without.
     options = SolveOptions(time_limit_s=10, variants="none")
-    plain = solve(case.profile, 0.6, options=options)
+    plain = solve(case.profile, 0.7, options=options)
     assert not plain.variants
     compare(run(case, plain), case, exact=True)
-    best = solve(case.profile, 0.6, options=SolveOptions(time_limit_s=10),
+    best = solve(case.profile, 0.7, options=SolveOptions(time_limit_s=10),
                  hints=[plain.decisions()])
     assert best.predicted_time_s < plain.predicted_time_s
     assert best.variants and best.predicted_peak_bytes <= best.budget_bytes

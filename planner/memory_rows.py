@@ -1,0 +1,243 @@
+"""Memory rows of the stage MILP: the bytes live at every step, linear in its variables.
+
+Each row follows the execution rules of ``planner.schedule`` exactly (see ``planner.graph``
+for the rules), so the largest row at a plan's variable values is the simulator's peak.
+
+* Forward rows: the bytes after each forward step, in the after-forward keep variables.
+* Backward-phase rows of stage k: at its first node, a storage the node may read counts
+  when held or recomputed (``S[k][s] + R[k][creator]``), any other only when it is kept
+  for the next stage (``S[k+1][s]``); after the first node every storage counts as kept
+  for the next stage or not at all.
+* Recompute-phase rows of stage k, one per recompute candidate o (graph order): held
+  storages (``H[k]``, the stage's held bytes, one auxiliary variable per stage) plus the
+  recomputed storages still live when o has run. A recomputed storage the stage's first
+  node cannot read lives until its last recomputed reader has run, or to the stage's end
+  when kept for the next stage: auxiliary variables ``Z`` (one per storage and reader)
+  with ``Z >= R[reader] + R[creator] - 1`` chained from the last reader to the first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulp
+
+from .graph import END, PlannerGraph
+
+# Memory rows are given to the solver in MiB: byte-sized coefficients (up to 1e10) next to
+# 0/1 variables strain the solvers' tolerances. Plans are re-checked in bytes afterwards.
+# The held-bytes auxiliaries are in MiB too.
+MIB_SCALE = 1.0 / 2**20
+
+
+@dataclass
+class AuxVariable:
+    """A continuous variable bounded below by expressions of other variables: its value at a
+    plan is the largest of them (and 0). Earlier auxiliaries may appear in later ones."""
+
+    var: pulp.LpVariable
+    lower: list[pulp.LpAffineExpression] = field(default_factory=list)
+
+
+def linear(terms: list[tuple[pulp.LpVariable, float]], constant: float = 0
+           ) -> pulp.LpAffineExpression:
+    """An affine expression of ``terms``, summing the coefficients of repeated variables
+    (``pulp.LpAffineExpression`` keeps only the last one)."""
+    expr = pulp.LpAffineExpression(constant=constant)
+    for var, coef in terms:
+        expr.addterm(var, coef)
+    return expr
+
+
+def storage_lifetimes(graph: PlannerGraph, order: list[int], node_last_use: dict[int, int]
+                      ) -> tuple[dict[int, int], dict[int, int]]:
+    """For the nodes run in ``order``: the position where each storage is allocated, and
+    the last position where any node referencing it is live (views keep their base)."""
+    created_at: dict[int, int] = {}
+    last_use: dict[int, int] = {}
+    for t, n in enumerate(order):
+        end = max(node_last_use[n], t)
+        for s in graph.nodes[n].storages:
+            last_use[s] = max(last_use.get(s, -1), end)
+        for s in graph.nodes[n].new_storages:
+            created_at[s] = t
+    return created_at, last_use
+
+
+def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
+                        base: int) -> list[pulp.LpAffineExpression]:
+    """Memory after each forward step, linear in the after-forward keep variables.
+
+    A pack node's output exists only when its variant is chosen, which is exactly when it
+    is kept (``keep0``): it and the pack's workspace are counted through that variable.
+    Rows dominated by a later row (same or larger constant, superset of variables) are
+    dropped: the set of storages past their last use only grows along the forward pass.
+    """
+    optional = {s for p in graph.packs for s in graph.nodes[p].new_storages}
+    created_at, last_use = storage_lifetimes(graph, graph.forward, graph.forward_last_use)
+    by_step: list[list[int]] = [[] for _ in graph.forward]
+    for s, t in created_at.items():
+        by_step[t].append(s)
+    rows: list[tuple[int, pulp.LpAffineExpression, bool]] = []
+    created: list[int] = []
+    for t in range(len(graph.forward)):
+        created.extend(by_step[t])
+        fixed = base
+        expr = pulp.LpAffineExpression()
+        n = graph.forward[t]
+        if n in graph.packs and graph.nodes[n].workspace_bytes:
+            for s in graph.nodes[n].new_storages:
+                if s in keep0:
+                    expr += graph.nodes[n].workspace_bytes * keep0[s]
+        for s in created:
+            b = graph.storage_bytes[s]
+            if s in optional:
+                if s in keep0:
+                    expr += b * keep0[s]
+            elif last_use[s] >= t or s in graph.pinned_storages:
+                fixed += b
+            elif s in keep0:
+                expr += b * keep0[s]
+        expr += fixed
+        # A pack's workspace term appears in its own row only: never dominated.
+        rows.append((fixed, expr, n in graph.packs))
+    kept: list[pulp.LpAffineExpression] = []
+    best_later = -1
+    for fixed, expr, transient in reversed(rows):
+        if fixed > best_later or transient:
+            kept.append(expr)
+            best_later = max(best_later, fixed)
+    return kept
+
+
+def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
+    """Bytes of backward-allocated storages live while each executed node runs, and just
+    before it runs (without what it allocates)."""
+    created_at, last_use = storage_lifetimes(graph, graph.executed, graph.backward_last_use)
+    n = len(graph.executed)
+    live = [0] * n
+    before = [0] * n
+    for s, t in created_at.items():
+        stop = min(last_use[s], n - 1) if last_use[s] < END else n - 1
+        b = graph.storage_bytes[s]
+        for j in range(t, stop + 1):
+            live[j] += b
+        for j in range(t + 1, stop + 1):
+            before[j] += b
+    return live, before
+
+
+def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVariable],
+                      recompute: dict[tuple[int, int], pulp.LpVariable],
+                      variant: dict[tuple[int, str], pulp.LpVariable], const: int
+                      ) -> tuple[list[pulp.LpAffineExpression], list[AuxVariable]]:
+    """The memory rows of every backward stage (bytes; ``const`` is held throughout) and
+    the auxiliary variables they use."""
+    K = len(graph.stages)
+    live, before = backward_live_bytes(graph)
+    bpos = {n: t for t, n in enumerate(graph.executed)}
+    size = graph.storage_bytes
+    present: list[list[int]] = [[] for _ in range(K)]
+    for (k, s) in keep:
+        present[k].append(s)
+    cands: list[list[int]] = [[] for _ in range(K)]
+    for (k, o) in recompute:
+        cands[k].append(o)
+    rows: list[pulp.LpAffineExpression] = []
+    aux: list[AuxVariable] = []
+
+    def avail(k: int, s: int) -> list[tuple[pulp.LpVariable, int]]:
+        terms = [(keep[k, s], size[s])] if (k, s) in keep else []
+        c = graph.creator[s]
+        if (k, c) in recompute:
+            terms.append((recompute[k, c], size[s]))
+        return terms
+
+    def carried(k: int, s: int) -> list[tuple[pulp.LpVariable, int]]:
+        return [(keep[k + 1, s], size[s])] if (k + 1, s) in keep else []
+
+    def workspace(e: int) -> list[tuple[pulp.LpVariable, int]]:
+        return [(variant[e, v.name], graph.nodes[v.impl].workspace_bytes)
+                for v in graph.variants.get(e, [])
+                if (e, v.name) in variant and graph.nodes[v.impl].workspace_bytes]
+
+    for k in range(K):
+        stage = graph.stages[k]
+        needed = graph.stage_need_storages_any(k)
+        at_first: list[tuple[pulp.LpVariable, int]] = []
+        after: list[tuple[pulp.LpVariable, int]] = []
+        for s in present[k]:
+            at_first += avail(k, s) if s in needed else carried(k, s)
+            after += carried(k, s)
+        first = stage[0]
+        rows.append(linear(at_first + workspace(first),
+                                            constant=const + live[bpos[first]]))
+        plain = [live[bpos[e]] for e in stage[1:] if not workspace(e)]
+        if plain:
+            rows.append(linear(after, constant=const + max(plain)))
+        for e in stage[1:]:
+            if workspace(e):
+                rows.append(linear(after + workspace(e),
+                                                    constant=const + live[bpos[e]]))
+        if cands[k]:
+            rows += _recompute_phase_rows(graph, k, sorted(cands[k]), present[k], keep,
+                                          recompute, needed, const + before[bpos[first]], aux)
+    return rows, aux
+
+
+def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int], held_storages: list[int],
+                          keep: dict[tuple[int, int], pulp.LpVariable],
+                          recompute: dict[tuple[int, int], pulp.LpVariable], needed: set[int],
+                          const: int, aux: list[AuxVariable]) -> list[pulp.LpAffineExpression]:
+    """Rows after each recompute candidate of stage k has (or would have) run."""
+    size = graph.storage_bytes
+    held = pulp.LpVariable(f"H_{k}", lowBound=0)
+    aux.append(AuxVariable(held, [linear(
+        [(keep[k, s], size[s] * MIB_SCALE) for s in held_storages])]))
+    rank = {o: r for r, o in enumerate(order)}
+    readers: dict[int, list[int]] = {}  # storage -> ranks of candidates reading it
+    for r, o in enumerate(order):
+        for s in graph.op_inputs(o):
+            readers.setdefault(s, []).append(r)
+    # live[s]: (rank from which it applies, variable) pieces, ascending ranks; a piece
+    # applies from its rank to the next piece's.
+    pieces: dict[int, list[tuple[int, pulp.LpVariable | None]]] = {}
+    for o in order:
+        r_o = rank[o]
+        for s in graph.planned_storages(o):
+            if graph.creator[s] != o:
+                continue
+            if s in needed:
+                pieces[s] = [(r_o, recompute[k, o])]
+                continue
+            later = [r for r in readers.get(s, []) if r > r_o]
+            nxt: pulp.LpVariable | None = None
+            if (k + 1, s) in keep:
+                nxt = pulp.LpVariable(f"Zc_{k}_{s}", lowBound=0, upBound=1)
+                aux.append(AuxVariable(nxt, [keep[k + 1, s] + recompute[k, o] - 1]))
+            chain: list[tuple[int, pulp.LpVariable | None]] = [(later[-1] + 1 if later else
+                                                                r_o + 1, nxt)]
+            for i in range(len(later) - 1, -1, -1):
+                z = pulp.LpVariable(f"Z_{k}_{s}_{i}", lowBound=0, upBound=1)
+                lower = [recompute[k, order[later[i]]] + recompute[k, o] - 1]
+                if nxt is not None:
+                    lower.append(pulp.LpAffineExpression(nxt))
+                aux.append(AuxVariable(z, lower))
+                start = later[i - 1] + 1 if i > 0 else r_o + 1
+                chain.append((start, z))
+                nxt = z
+            # The creator's own row counts it as just allocated.
+            pieces[s] = [(r_o, recompute[k, o])] + list(reversed(chain))
+    rows = []
+    for r, o in enumerate(order):
+        terms: list[tuple[pulp.LpVariable, float]] = [(held, 1 / MIB_SCALE)]
+        for s, ps in pieces.items():
+            var = None
+            for start, v in ps:
+                if start <= r:
+                    var = v
+                else:
+                    break
+            if var is not None and ps[0][0] <= r:
+                terms.append((var, size[s]))
+        rows.append(linear(terms, constant=const))
+    return rows
