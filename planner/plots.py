@@ -51,7 +51,13 @@ def pareto_plot(result: SweepResult, path: str, title: str | None = None) -> Non
     if feasible:
         xs = [(r.predicted_peak_bytes or 0) / scale for r in feasible]
         ys = [(r.predicted_time_s or 0) * 1e3 for r in feasible]
-        ax.plot(xs, ys, "-o", color=COLOURS["kept"], label="plans (one per budget)")
+        front, best = [], float("inf")  # the Pareto front: no plan is smaller and faster
+        for x, y in zip(xs, ys):
+            if y < best:
+                front.append((x, y))
+                best = y
+        ax.plot(xs, ys, "o", color=COLOURS["kept"], label="plans (one per budget)")
+        ax.plot(*zip(*front), "-", color=COLOURS["kept"], label="Pareto front")
         for r, x, y in zip(feasible, xs, ys):
             ax.annotate(r.budget, (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color="#444444")
@@ -105,8 +111,8 @@ def timeline_plot(sim: SimulationResult, plan: Plan, path: str,
                label=f"budget {plan.budget_bytes / scale:.2f} {unit}")
     ax.axvline(sim.forward_steps, color="#555555", linestyle=":")
     top = max(plan.budget_bytes, sim.peak_bytes) / scale
-    ax.text(sim.forward_steps, top * 1.02, " forward | backward ", ha="center", fontsize=8)
-    ax.set_ylim(0, top * 1.1)
+    ax.text(sim.forward_steps, top * 1.07, " forward | backward ", ha="center", fontsize=8)
+    ax.set_ylim(0, top * 1.14)
     ax.set_xlabel("step of the schedule (each node run)")
     ax.set_ylabel(f"live memory ({unit})")
     ax.set_title(f"predicted: peak {sim.peak_bytes / scale:.2f} {unit}")
@@ -191,7 +197,8 @@ def schedule_plot(grid: ScheduleGrid, plan: Plan, path: str) -> None:
                Patch(color=COLOURS["recomputed"], label="recomputed")]
     handles += [Patch(color=colours[3 + i], label=f"read through variant {v}")
                 for i, v in enumerate(grid.variants)]
-    ax.legend(handles=handles, fontsize=7, loc="upper right")
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1),
+              ncol=min(len(handles), 4), frameon=False)
     ax.set_title(f"{plan.model}: schedule ({len(plan.keep)} backward stages)")
     fig.tight_layout()
     fig.savefig(path)

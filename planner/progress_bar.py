@@ -42,7 +42,7 @@ class SweepProgress:
         if event == "start":
             what = f"solving budget {row.budget} ({format_bytes(row.budget_bytes)})"
         elif event == "skipped":
-            what = f"budget {row.budget}: skipped, {row.status} plan exists"
+            what = f"budget {row.budget}: skipped, already done ({row.status})"
         else:
             what = f"budget {row.budget}: {row.status}"
             if row.feasible and row.predicted_peak_bytes is not None:

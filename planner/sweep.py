@@ -138,8 +138,10 @@ ProgressFn = Callable[[str, int, int, SweepRow, "float | None"], None]
 
 def run_sweep(profile: Profile, budgets: Sequence[str | int | float], out_dir: str,
               backend: str = "highs", options: SolveOptions | None = None,
-              progress: ProgressFn | None = None) -> SweepResult:
-    """Solve ``profile`` at every budget into ``out_dir``; resume what is already there."""
+              progress: ProgressFn | None = None, profile_path: str = "") -> SweepResult:
+    """Solve ``profile`` at every budget into ``out_dir``; resume what is already there.
+    ``profile_path`` is recorded in ``out_dir/sweep.json`` (``monet inspect`` finds the
+    profile of a plan there)."""
     options = options or SolveOptions()
     graph = planner_graph(profile)
     base = evaluate(profile, graph, baseline_decisions(graph)).result
@@ -149,7 +151,7 @@ def run_sweep(profile: Profile, budgets: Sequence[str | int | float], out_dir: s
         by_bytes.setdefault(parse_budget(spec, base.peak_bytes), spec)
     todo = sorted(by_bytes.items(), reverse=True)
     os.makedirs(out_dir, exist_ok=True)
-    _check_manifest(out_dir, profile, options)
+    _check_manifest(out_dir, profile, options, profile_path)
     result = SweepResult(model=profile.model, graph_hash=profile.graph_hash,
                          baseline_peak_bytes=base.peak_bytes, baseline_time_s=base.time_s,
                          csv_path=os.path.join(out_dir, "sweep.csv"))
@@ -242,12 +244,13 @@ def _resume(plan_path: str, profile: Profile, budget_bytes: int, spec: str,
     return None, None
 
 
-def _check_manifest(out_dir: str, profile: Profile, options: SolveOptions) -> None:
+def _check_manifest(out_dir: str, profile: Profile, options: SolveOptions,
+                    profile_path: str) -> None:
     """Record what the directory's plans were solved for; a sweep with another variant
     setting must not reuse them, so their files are set aside."""
     path = os.path.join(out_dir, "sweep.json")
     manifest = {"model": profile.model, "graph_hash": profile.graph_hash,
-                "variants": options.variants}
+                "variants": options.variants, "profile": profile_path}
     try:
         old = read_json(path, what="sweep manifest") if os.path.exists(path) else None
     except ProfileFormatError:
