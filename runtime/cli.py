@@ -119,13 +119,14 @@ def _inspect(args: argparse.Namespace) -> None:
     if args.trace and not args.plot:
         raise UserError("--trace goes with --plot FILE: the measured curve is drawn beside "
                         "the predicted timeline")
-    print(describe_plan(plan, top=args.top))
     if not args.plot:
+        print(describe_plan(plan, top=args.top))
         return
     from planner import plots
     profile = _load_profile(args.profile or _profile_of(args.plan))
     trace = plots.load_trace(args.trace) if args.trace else None
-    sim = plots.plan_timeline(profile, plan)
+    sim = plots.plan_timeline(profile, plan)  # every input is checked before printing
+    print(describe_plan(plan, top=args.top))
     plots.timeline_plot(sim, plan, args.plot, trace=trace)
     schedule = args.schedule_plot or os.path.splitext(args.plot)[0] + "_schedule.png"
     plots.schedule_plot(plots.schedule_grid(profile, plan), plan, schedule)
