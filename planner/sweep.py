@@ -76,9 +76,14 @@ def _expand_range(spec: str) -> list[str]:
     if (stop - start) / step >= MAX_BUDGETS:
         raise BudgetError(f"budget range {spec!r} gives more than {MAX_BUDGETS} budgets; "
                           "use a larger STEP")
+    fractions = "." in spec
     values, v = [], start
     while v <= stop:
-        values.append(str(v.normalize()) if v != v.to_integral() else str(v))
+        if fractions:  # 1.0 stays a fraction (of the peak), not 1 byte
+            text = format(v.normalize(), "f")
+            values.append(text if "." in text else text + ".0")
+        else:
+            values.append(str(v))
         v += step
     return values
 

@@ -234,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except KeyboardInterrupt:
-        print("monet: interrupted", file=sys.stderr)
+        hint = "; run the same command again to resume" if args.command == "sweep" else ""
+        print(f"monet {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception as e:  # every error becomes one actionable line
         if args.verbose:
