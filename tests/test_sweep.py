@@ -25,6 +25,28 @@ def monet(*args, cwd=None):
                           text=True, cwd=cwd or ROOT, env=ENV, timeout=600)
 
 
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``monet`` in this process (same entry point as the command, without the start-up
+    cost of a new interpreter): for the many bad-argument cases."""
+    from runtime.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return run
+
+
 def one_line_error(r, code=1):
     assert r.returncode == code, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
@@ -136,34 +158,34 @@ def test_inspect_plots_with_measured_trace(swept, tmp_path):
     assert_png(tmp_path / "grid.png")
 
 
-def test_inspect_plot_errors(swept, profile_path, tmp_path):
+def test_inspect_plot_errors(swept, profile_path, tmp_path, cli):
     plan = tmp_path / "plan.json"
     shutil.copy(swept[0] / "plan_0.9.json", plan)  # outside the sweep directory
     png = tmp_path / "t.png"
-    assert "--profile" in one_line_error(monet("inspect", str(plan), "--plot", str(png)))
-    assert "--plot" in one_line_error(monet("inspect", str(plan), "--trace", "x.pickle"))
+    assert "--profile" in one_line_error(cli("inspect", str(plan), "--plot", str(png)))
+    assert "--plot" in one_line_error(cli("inspect", str(plan), "--trace", "x.pickle"))
     assert "no such profile file" in one_line_error(
-        monet("inspect", str(plan), "--plot", str(png), "--profile", str(tmp_path / "nope")))
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(tmp_path / "nope")))
     notpickle = tmp_path / "bad.pickle"
     notpickle.write_text("not a pickle")
     assert "not a torch memory snapshot" in one_line_error(
-        monet("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
               "--trace", str(notpickle)))
     obj = tmp_path / "obj.pickle"
     obj.write_bytes(pickle.dumps(BudgetError("x")))  # an object: refused, never constructed
     assert "only torch.cuda.memory._dump_snapshot" in one_line_error(
-        monet("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
               "--trace", str(obj)))
     assert "does not exist" in one_line_error(
-        monet("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
               "--trace", str(tmp_path / "missing.pickle")))
     assert not png.exists()
     other = tmp_path / "other.json"
-    r = monet("profile", "examples.gpt:gpt_small", "--input", "2x32:int64:512", "--estimate",
-              "-o", str(other))
+    r = cli("profile", "examples.gpt:gpt_small", "--input", "2x32:int64:512", "--estimate",
+            "-o", str(other))
     assert r.returncode == 0
     assert "graph hashes differ" in one_line_error(
-        monet("inspect", str(plan), "--plot", str(png), "--profile", str(other)))
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(other)))
 
 
 def test_sweep_from_config(profile_path, tmp_path):
@@ -201,7 +223,7 @@ def test_every_benchmark_model_has_a_config():
     (["CORRUPT", "--budgets", "0.5"], "truncated or corrupt"),
     (["BADCONFIG"], "unknown entries"),
 ])
-def test_sweep_bad_arguments(args, message, profile_path, tmp_path):
+def test_sweep_bad_arguments(args, message, profile_path, tmp_path, cli):
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text(profile_path.read_text()[:500])
     bad_config = tmp_path / "bad.yaml"
@@ -209,14 +231,16 @@ def test_sweep_bad_arguments(args, message, profile_path, tmp_path):
     subst = {"PROFILE": str(profile_path), "CORRUPT": str(corrupt),
              "BADCONFIG": "--config=" + str(bad_config)}
     out = tmp_path / "out"
-    line = one_line_error(monet("sweep", *[subst.get(a, a) for a in args], "-o", str(out)))
+    line = one_line_error(cli("sweep", *[subst.get(a, a) for a in args], "-o", str(out)))
     assert message in line
     assert not glob.glob(str(out / "plan_*"))
 
 
-def test_sweep_usage_error():
-    r = monet("sweep", "--budgets")
+def test_sweep_usage_error(profile_path):
+    r = monet("sweep", "--budgets")  # a real process: argparse's own exit status
     assert r.returncode == 2 and "usage" in r.stderr
+    line = one_line_error(monet("sweep", str(profile_path), "--budgets", "0.5:0.1:0.1"))
+    assert line.startswith("monet sweep: error:") and "START <= STOP" in line
 
 
 def test_train_gpt_example_runs():
