@@ -45,12 +45,13 @@ def pareto_plot(result: SweepResult, path: str, title: str | None = None) -> Non
     """Predicted peak (x) against predicted step time (y), one point per feasible budget."""
     plt = _pyplot()
     scale, unit = _unit(result.baseline_peak_bytes)
+    tscale, tunit = (1e3, "ms") if result.baseline_time_s < 10 else (1.0, "s")
     feasible = sorted((r for r in result.rows if r.feasible and r.predicted_peak_bytes),
                       key=lambda r: r.predicted_peak_bytes or 0)
     fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
     if feasible:
         xs = [(r.predicted_peak_bytes or 0) / scale for r in feasible]
-        ys = [(r.predicted_time_s or 0) * 1e3 for r in feasible]
+        ys = [(r.predicted_time_s or 0) * tscale for r in feasible]
         front, best = [], float("inf")  # the Pareto front: no plan is smaller and faster
         for x, y in zip(xs, ys):
             if y < best:
@@ -61,19 +62,21 @@ def pareto_plot(result: SweepResult, path: str, title: str | None = None) -> Non
         for r, x, y in zip(feasible, xs, ys):
             ax.annotate(r.budget, (x, y), textcoords="offset points", xytext=(4, 4),
                         fontsize=7, color="#444444")
-    ax.plot([result.baseline_peak_bytes / scale], [result.baseline_time_s * 1e3], "*",
+    ax.plot([result.baseline_peak_bytes / scale], [result.baseline_time_s * tscale], "*",
             markersize=14, color="black", label="unoptimised (everything kept)")
     smallest = result.smallest_feasible_bytes
     if smallest is not None:
+        what = "smallest feasible budget found" if any(not r.feasible for r in result.rows) \
+            else "lowest peak of the sweep"
         ax.axvline(smallest / scale, color=COLOURS["workspace"], linestyle="--",
-                   label=f"smallest feasible budget ({smallest / scale:.2f} {unit})")
+                   label=f"{what} ({smallest / scale:.2f} {unit})")
     infeasible = [r for r in result.rows if not r.feasible]
     if infeasible:
-        y0 = result.baseline_time_s * 1e3
+        y0 = result.baseline_time_s * tscale
         ax.plot([r.budget_bytes / scale for r in infeasible], [y0] * len(infeasible), "x",
                 color=COLOURS["workspace"], label="infeasible budgets")
     ax.set_xlabel(f"predicted peak memory ({unit})")
-    ax.set_ylabel("predicted step time (ms)")
+    ax.set_ylabel(f"predicted step time ({tunit})")
     ax.set_title(title or f"{result.model}: memory against time")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
