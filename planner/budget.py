@@ -28,10 +28,12 @@ def parse_budget(spec: str | int | float, unoptimised_peak: int) -> int:
         value = number * _UNITS[unit]
     if fraction:
         if not 0 < value <= 1:
-            raise BudgetError(f"budget fraction {value} is not in (0, 1]")
+            raise BudgetError(f"budget fraction {value} is not in (0, 1]: give a fraction of "
+                              "the unoptimised peak, bytes (123456789) or a size (5GiB)")
         return int(value * unoptimised_peak)
     if value <= 0:
-        raise BudgetError(f"budget {spec!r} must be positive")
+        raise BudgetError(f"budget {spec!r} must be positive: give a fraction in (0, 1], "
+                          "bytes or a size (5GiB)")
     return int(value)
 
 

@@ -23,14 +23,28 @@ class SimulationResult:
     recompute_time_s: float
     memory: list[int] = field(default_factory=list)  # live bytes after every run step
     peak_step: int = 0
+    # With ``simulate(..., breakdown=True)``: per run step, bytes by category (CATEGORIES);
+    # each entry sums to the same step of ``memory``.
+    breakdown: list[dict[str, int]] = field(default_factory=list)
+    forward_steps: int = 0  # run steps of the forward pass (the rest are the backward's)
 
 
-def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
-    """Replay ``schedule`` on ``profile``: peak live bytes and total time of the step."""
+# Categories of ``SimulationResult.breakdown``: parameters, buffers and inputs; forward
+# tensors from the forward pass (kept); forward tensors recomputed in the backward;
+# backward tensors (gradients, output gradients, temporaries); a running node's workspace.
+CATEGORIES = ("constant", "kept", "recomputed", "backward", "workspace")
+
+
+def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> SimulationResult:
+    """Replay ``schedule`` on ``profile``: peak live bytes and total time of the step; with
+    ``breakdown``, also the bytes of every step by category (the rest is unchanged)."""
     nodes = profile.nodes
     refs: dict[int, int] = {}
     live = 0
     env: set[int] = set()
+    category: dict[int, str] = {}  # storage -> category, from the node that made it live
+    totals = dict.fromkeys(CATEGORIES, 0)
+    phase = ["constant"]
 
     def add(n: int) -> None:
         nonlocal live
@@ -39,6 +53,12 @@ def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
             refs[s] = refs.get(s, 0) + 1
             if refs[s] == 1:
                 live += profile.storage_bytes[s]
+                if breakdown:
+                    role = nodes[n].role
+                    cat = phase[0] if role in ("forward", "variant_forward") or \
+                        phase[0] == "constant" else "backward"
+                    category[s] = cat
+                    totals[cat] += profile.storage_bytes[s]
 
     def drop(n: int) -> None:
         nonlocal live
@@ -48,11 +68,14 @@ def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
             if refs[s] == 0:
                 live -= profile.storage_bytes[s]
                 del refs[s]
+                if breakdown:
+                    totals[category.pop(s)] -= profile.storage_bytes[s]
 
     for n in nodes:
         if n.role in ("param", "buffer", "input"):
             add(n.index)
     memory: list[int] = []
+    steps_breakdown: list[dict[str, int]] = []
     time_s = recompute_s = 0.0
     ran_forward: set[int] = set()
 
@@ -71,6 +94,8 @@ def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
                     raise SimulationError(f"{n.name} runs while its value is held")
                 add(step.node)
                 memory.append(live + op.workspace_bytes)
+                if breakdown:
+                    steps_breakdown.append({**totals, "workspace": op.workspace_bytes})
                 time_s += op.time_s
                 if backward and n.role == "forward":
                     recompute_s += op.time_s
@@ -83,17 +108,21 @@ def simulate(profile: Profile, schedule: Schedule) -> SimulationResult:
             else:
                 raise SimulationError(f"unknown step kind {step.kind!r}")
 
+    phase[0] = "kept"
     replay(schedule.forward, backward=False)
+    forward_steps = len(memory)
     for n in list(env):
         if nodes[n].role in ("forward", "variant_forward") and n not in schedule.saved:
             raise SimulationError(f"{nodes[n].name} is held after the forward but not saved")
     for n in nodes:
         if n.role == "tangent":
             add(n.index)
+    phase[0] = "recomputed"
     replay(schedule.backward, backward=True)
     missing_grads = [o for o in profile.outputs if o.kind == "grad" and o.node not in env]
     if missing_grads:
         raise SimulationError(f"the gradient of {missing_grads[0].target} is not produced")
     peak = max(memory) if memory else live
     return SimulationResult(peak_bytes=peak, time_s=time_s, recompute_time_s=recompute_s,
-                            memory=memory, peak_step=memory.index(peak) if memory else 0)
+                            memory=memory, peak_step=memory.index(peak) if memory else 0,
+                            breakdown=steps_breakdown, forward_steps=forward_steps)

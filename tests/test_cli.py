@@ -112,3 +112,10 @@ def test_verbose_shows_traceback(tmp_path):
 def test_usage_errors():
     r = monet("solve")
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_missing_files_say_what_to_do(tmp_path):
+    line = one_line_error(monet("solve", str(tmp_path / "nope.json"), "--budget", "0.5"))
+    assert "no such profile file" in line and "monet profile" in line
+    line = one_line_error(monet("inspect", str(tmp_path / "nope.json")))
+    assert "no such plan file" in line and "monet solve" in line

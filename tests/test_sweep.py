@@ -1,0 +1,259 @@
+"""``monet sweep`` and ``monet inspect --plot`` as a user runs them: CSV, plots, resume after
+an interrupt, a config file, a measured trace, and bad arguments with one-line errors."""
+import csv
+import glob
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from planner.budget import BudgetError
+from planner.sweep import CSV_COLUMNS, parse_budget_list
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=ROOT)
+BUDGETS = "0.6:1.0:0.1"  # 5 budgets
+
+
+def monet(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
+                          text=True, cwd=cwd or ROOT, env=ENV, timeout=600)
+
+
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """``monet`` in this process (same entry point as the command, without the start-up
+    cost of a new interpreter): for the many bad-argument cases."""
+    from runtime.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+    return run
+
+
+def one_line_error(r, code=1):
+    assert r.returncode == code, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    return lines[0]
+
+
+def assert_png(path, min_side=200):
+    import matplotlib.image as mpimg
+    image = mpimg.imread(str(path))
+    assert image.shape[0] > min_side and image.shape[1] > min_side, image.shape
+    assert image.std() > 0.01  # not a single colour
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames[:8] == CSV_COLUMNS[:8]
+        return list(reader)
+
+
+@pytest.fixture(scope="module")
+def profile_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sweep") / "gpt.json"
+    r = monet("profile", "examples.gpt:gpt_small", "--input", "4x64:int64:512", "--estimate",
+              "-o", str(path))
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def swept(profile_path, tmp_path_factory):
+    """A sweep interrupted after its first plans, then resumed: (directory, both runs)."""
+    out = tmp_path_factory.mktemp("sweep") / "out"
+    args = [sys.executable, "-m", "runtime.cli", "sweep", str(profile_path), "--budgets",
+            BUDGETS, "--time-limit", "3", "-o", str(out)]
+    p = subprocess.Popen(args, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(glob.glob(str(out / "plan_*.json"))) < 2 and p.poll() is None \
+            and time.time() < deadline:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, first_err = p.communicate(timeout=120)
+    finished = sorted(os.path.basename(f) for f in glob.glob(str(out / "plan_*.json")))
+    second = monet("-v", "sweep", str(profile_path), "--budgets", BUDGETS, "--time-limit", "3",
+                   "-o", str(out))
+    return out, p.returncode, first_err, finished, second
+
+
+def test_budget_lists():
+    assert parse_budget_list(["0.2:1.0:0.2"]) == ["0.2", "0.4", "0.6", "0.8", "1.0"]
+    assert parse_budget_list(["0.5,0.3", "2GiB"]) == ["0.5", "0.3", "2GiB"]
+    assert parse_budget_list(["1000:3000:1000"]) == ["1000", "2000", "3000"]
+    for bad in (["0.2:1.0:0"], ["a:b:c"], ["1.0:0.5:0.1"], ["0.1:0.2"], [","]):
+        with pytest.raises(BudgetError):
+            parse_budget_list(bad)
+
+
+def test_interrupted_sweep_resumes(swept):
+    out, code, first_err, finished, second = swept
+    if code != 0:  # interrupted (the sweep may rarely finish before the signal lands)
+        assert code == 130 and "interrupted; run the same command again to resume" in first_err
+    assert second.returncode == 0, second.stderr
+    skipped = [line for line in second.stderr.splitlines() if "skipped" in line
+               and "planner.sweep" in line]
+    assert len(skipped) == len(finished) >= 2, (finished, second.stderr)
+    rows = read_rows(out / "sweep.csv")
+    assert [r["budget"] for r in rows] == ["1.0", "0.9", "0.8", "0.7", "0.6"]
+    for r in rows:
+        if r["status"] == "infeasible":
+            assert int(r["smallest_feasible_bytes"]) > int(r["budget_bytes"])
+        else:
+            assert int(r["predicted_peak_bytes"]) <= int(r["budget_bytes"])
+            assert float(r["overhead"]) >= 0 and os.path.exists(out / r["plan"])
+    assert rows[0]["status"] == "optimal" and float(rows[0]["overhead"]) == 0
+    assert "sweep.csv: 5 budgets" in second.stdout
+    assert_png(out / "pareto.png")
+
+
+def test_sweep_progress_lines(swept):
+    second = swept[4]
+    progress = [line for line in second.stderr.splitlines() if line.startswith("[")]
+    assert any("5/5" in line for line in progress)
+    assert all("elapsed" in line and "left" in line for line in progress)
+
+
+def test_inspect_plots_with_measured_trace(swept, tmp_path):
+    out = swept[0]
+    plan = out / "plan_0.9.json"
+    r = monet("inspect", str(plan), "--plot", str(tmp_path / "timeline.png"))
+    assert r.returncode == 0, r.stderr  # the profile comes from the sweep's manifest
+    assert "memory over the training step" in r.stdout and "predicted peak" not in r.stderr
+    assert_png(tmp_path / "timeline.png")
+    assert_png(tmp_path / "timeline_schedule.png")
+    events = [{"action": "alloc", "addr": i, "size": 1000 * (i % 5 + 1), "frames": []}
+              for i in range(30)]
+    events += [{"action": "free_completed", "addr": i, "size": 1000 * (i % 5 + 1)}
+               for i in range(30)]
+    snapshot = {"segments": [{"address": 0, "total_size": 1 << 20, "blocks": []}],
+                "device_traces": [events]}
+    trace = tmp_path / "snapshot.pickle"
+    trace.write_bytes(pickle.dumps(snapshot))
+    r = monet("inspect", str(plan), "--plot", str(tmp_path / "measured.png"), "--trace",
+              str(trace), "--schedule-plot", str(tmp_path / "grid.png"))
+    assert r.returncode == 0, r.stderr
+    assert "measured beside predicted" in r.stdout
+    assert_png(tmp_path / "measured.png")
+    assert_png(tmp_path / "grid.png")
+
+
+def test_inspect_plot_errors(swept, profile_path, tmp_path, cli):
+    plan = tmp_path / "plan.json"
+    shutil.copy(swept[0] / "plan_0.9.json", plan)  # outside the sweep directory
+    png = tmp_path / "t.png"
+    assert "--profile" in one_line_error(cli("inspect", str(plan), "--plot", str(png)))
+    assert "--plot" in one_line_error(cli("inspect", str(plan), "--trace", "x.pickle"))
+    assert "no such profile file" in one_line_error(
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(tmp_path / "nope")))
+    notpickle = tmp_path / "bad.pickle"
+    notpickle.write_text("not a pickle")
+    assert "not a torch memory snapshot" in one_line_error(
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
+              "--trace", str(notpickle)))
+    obj = tmp_path / "obj.pickle"
+    obj.write_bytes(pickle.dumps(BudgetError("x")))  # an object: refused, never constructed
+    assert "only torch.cuda.memory._dump_snapshot" in one_line_error(
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
+              "--trace", str(obj)))
+    assert "does not exist" in one_line_error(
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(profile_path),
+              "--trace", str(tmp_path / "missing.pickle")))
+    assert not png.exists()
+    other = tmp_path / "other.json"
+    r = cli("profile", "examples.gpt:gpt_small", "--input", "2x32:int64:512", "--estimate",
+            "-o", str(other))
+    assert r.returncode == 0
+    assert "graph hashes differ" in one_line_error(
+        cli("inspect", str(plan), "--plot", str(png), "--profile", str(other)))
+
+
+def test_sweep_from_config(profile_path, tmp_path):
+    shutil.copy(profile_path, tmp_path / "gpt.json")
+    config = tmp_path / "small.yaml"
+    config.write_text("model: examples.gpt:gpt_small\ninputs: ['4x64:int64:512']\n"
+                      "budgets: [1.0, 0.8]\nprofile: gpt.json\n")
+    out = tmp_path / "out"
+    r = monet("sweep", "--config", str(config), "--time-limit", "2", "-o", str(out),
+              "--plot", str(tmp_path / "p.png"))
+    assert r.returncode == 0, r.stderr
+    assert [row["budget"] for row in read_rows(out / "sweep.csv")] == ["1.0", "0.8"]
+    assert_png(tmp_path / "p.png")
+
+
+def test_every_benchmark_model_has_a_config():
+    from profiler.config import ModelConfig
+    names = {os.path.basename(p)[:-5] for p in glob.glob(os.path.join(ROOT, "configs/*.yaml"))}
+    assert {"resnet50", "googlenet", "mobilenet_v2", "vgg16", "unet", "gpt"} <= names
+    for name in names:
+        config = ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
+        assert config.budgets and os.path.exists(config.profile), name
+
+
+@pytest.mark.parametrize("args,message", [
+    (["missing.json", "--budgets", "0.5"], "no such profile file"),
+    (["PROFILE", "--budgets", "0.2:1.0:0"], "STEP must be positive"),
+    (["PROFILE", "--budgets", "abc"], "does not parse"),
+    (["PROFILE", "--budgets", "2.0"], "not in (0, 1]"),
+    (["PROFILE", "--budgets", "0.5", "--time-limit", "0"], "--time-limit must be positive"),
+    (["PROFILE"], "give the budgets to sweep"),
+    ([], "give a PROFILE"),
+    (["--config", "configs/nope.yaml"], "no such config file"),
+    (["PROFILE", "--config", "configs/gpt.yaml"], "not both"),
+    (["CORRUPT", "--budgets", "0.5"], "truncated or corrupt"),
+    (["BADCONFIG"], "unknown entries"),
+])
+def test_sweep_bad_arguments(args, message, profile_path, tmp_path, cli):
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text(profile_path.read_text()[:500])
+    bad_config = tmp_path / "bad.yaml"
+    bad_config.write_text("model: torchvision:resnet18\nbatchsize: 3\n")
+    subst = {"PROFILE": str(profile_path), "CORRUPT": str(corrupt),
+             "BADCONFIG": "--config=" + str(bad_config)}
+    out = tmp_path / "out"
+    line = one_line_error(cli("sweep", *[subst.get(a, a) for a in args], "-o", str(out)))
+    assert message in line
+    assert not glob.glob(str(out / "plan_*"))
+
+
+def test_sweep_usage_error(profile_path):
+    r = monet("sweep", "--budgets")  # a real process: argparse's own exit status
+    assert r.returncode == 2 and "usage" in r.stderr
+    line = one_line_error(monet("sweep", str(profile_path), "--budgets", "0.5:0.1:0.1"))
+    assert line.startswith("monet sweep: error:") and "START <= STOP" in line
+
+
+def test_train_gpt_example_runs():
+    r = subprocess.run([sys.executable, "examples/train_gpt.py", "--steps", "1",
+                        "--time-limit", "2"], capture_output=True, text=True, cwd=ROOT,
+                       env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "step 0: loss" in r.stderr
+
+
+@pytest.mark.slow
+def test_train_resnet_example_runs():
+    r = subprocess.run([sys.executable, "examples/train_resnet.py", "--steps", "1"],
+                       capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "step 0: loss" in r.stderr
