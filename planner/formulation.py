@@ -42,6 +42,7 @@ class StageMILP:
     peak: pulp.LpVariable | None = None
     variant: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
     aux: list[AuxVariable] = field(default_factory=list)
+    budget: int | None = None  # bytes; None for the lowest-peak problem
 
     def decisions(self, stages: int) -> Decisions:
         keep = [set() for _ in range(stages)]
@@ -248,7 +249,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
             prob += a.var >= expr, f"aux_{a.var.name}_{i}"
 
     milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
-                     aux=aux)
+                     aux=aux, budget=None if minimize_peak else budget)
     extra_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
     for (e, name), v in U.items():
         var = graph.variant(e, name)

@@ -17,6 +17,7 @@ from .backends import SolveOptions, solve_problem
 from .formulation import StageMILP
 from .graph import PlannerGraph
 from .schedule import Decisions
+from .window_highs import PersistentHiGHS
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     deadline = time.perf_counter() + time_budget_s
     stride = max(1, window // 2)
     improved = 0
+    persistent = None
+    if backend == "highs":  # one model, re-solved with changed bounds
+        persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
+                                     options.verbose)
+    index = {v.name: i for i, v in enumerate(variables)}
     try:
         while True:
             improved_this_sweep = False
@@ -56,18 +62,30 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                     return best, improved
                 free = set(range(max(lo, 0), min(lo + window, K)))
                 value = milp.values(best)
-                for v in variables:
-                    if v.name in stages_of and not (stages_of[v.name] & free):
-                        v.lowBound = v.upBound = value[v.name]
-                    else:
-                        v.lowBound, v.upBound = bounds[v.name]
-                milp.set_start(best)
-                outcome = solve_problem(milp.problem, backend, replace(
-                    options, time_limit_s=min(step_limit_s, left), warm_start=True))
-                if outcome.has_solution and outcome.objective is not None and \
-                        outcome.objective < best_obj - 1e-9 * max(1.0, abs(best_obj)):
-                    best = milp.decisions(K)
-                    best_obj = outcome.objective
+                fixed = {v.name for v in variables
+                         if v.name in stages_of and not (stages_of[v.name] & free)}
+                limit = min(step_limit_s, left)
+                if persistent is not None:
+                    found = persistent.solve({index[n]: value[n] for n in fixed},
+                                             [value[v.name] for v in variables], limit)
+                else:
+                    for v in variables:
+                        if v.name in fixed:
+                            v.lowBound = v.upBound = value[v.name]
+                        else:
+                            v.lowBound, v.upBound = bounds[v.name]
+                    milp.set_start(best)
+                    found = solve_problem(milp.problem, backend, replace(
+                        options, time_limit_s=limit, warm_start=True)).has_solution
+                if not found:
+                    continue
+                candidate = milp.decisions(K)
+                objective = milp.objective_of(candidate)
+                # Re-checked in bytes: the solver's rows are in MiB, within its tolerances.
+                if objective < best_obj - 1e-9 * max(1.0, abs(best_obj)) and (
+                        milp.budget is None or milp.evaluate_peak(candidate) <= milp.budget):
+                    best = candidate
+                    best_obj = objective
                     improved += 1
                     improved_this_sweep = True
                     log.info("window %d-%d: objective %.6g", max(lo, 0), lo + window - 1,
