@@ -238,6 +238,14 @@ class PlannerGraph:
             out |= self.planned_storages(i)
         return out
 
+    def planned_needs(self, e: int, variant: str = "") -> set[int]:
+        """Planned storages executed node ``e`` reads when it runs ``variant`` ("" for the
+        original implementation)."""
+        out: set[int] = set()
+        for n in self.needs_of_choice[e, variant]:
+            out |= self.planned_storages(n)
+        return out
+
     def stage_need_storages_any(self, k: int) -> set[int]:
         """Planned storages stage k may read under any variant choice (what the schedule
         keeps live until the stage's first node has run)."""

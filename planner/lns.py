@@ -37,8 +37,10 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                        options: SolveOptions, time_budget_s: float, window: int = 16,
                        step_limit_s: float = 3.0) -> tuple[Decisions, int]:
     """Improve ``start`` (a point of ``milp``) by re-solving windows of ``window`` stages
-    with everything else fixed, until ``time_budget_s`` is spent or a full sweep finds
-    nothing better. Returns the best decisions and the number of improving windows."""
+    with everything else fixed, until ``time_budget_s`` is spent. A sweep over the backward
+    pass that finds nothing better doubles the window (a larger neighbourhood); the search
+    ends when a window spanning every stage finds nothing. Returns the best decisions and
+    the number of improving windows."""
     K = len(graph.stages)
     stages_of = _stages_of_variables(milp, graph)
     variables = milp.problem.variables()
@@ -46,16 +48,17 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     best = start
     best_obj = milp.objective_of(start)
     deadline = time.perf_counter() + time_budget_s
-    stride = max(1, window // 2)
     improved = 0
     persistent = None
     if backend == "highs":  # one model, re-solved with changed bounds
         persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
                                      options.verbose)
     index = {v.name: i for i, v in enumerate(variables)}
+    first_window = window  # a larger window gets proportionally more time per step
     try:
         while True:
             improved_this_sweep = False
+            stride = max(1, window // 2)
             for lo in range(max(K - window, 0), -stride, -stride):
                 left = deadline - time.perf_counter()
                 if left < 1.0:
@@ -64,7 +67,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 value = milp.values(best)
                 fixed = {v.name for v in variables
                          if v.name in stages_of and not (stages_of[v.name] & free)}
-                limit = min(step_limit_s, left)
+                limit = min(step_limit_s * window / first_window, left)
                 if persistent is not None:
                     found = persistent.solve({index[n]: value[n] for n in fixed},
                                              [value[v.name] for v in variables], limit)
@@ -91,7 +94,9 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                     log.info("window %d-%d: objective %.6g", max(lo, 0), lo + window - 1,
                              best_obj)
             if not improved_this_sweep:
-                return best, improved
+                if window >= K:
+                    return best, improved
+                window *= 2
     finally:
         for v in variables:
             v.lowBound, v.upBound = bounds[v.name]

@@ -126,12 +126,46 @@ def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
     return live, before
 
 
+@dataclass
+class StageNeeds:
+    """What a stage's first node reads under each allowed option: ``always`` under every
+    one; ``options`` pairs each option's indicator (1 when chosen) with what it reads."""
+
+    always: set[int]
+    options: list[tuple[pulp.LpAffineExpression, set[int]]]
+
+    def readers(self, s: int) -> list[pulp.LpAffineExpression]:
+        """Indicators of the options that read storage ``s``."""
+        return [ind for ind, needs in self.options if s in needs]
+
+
+def stage_needs(graph: PlannerGraph, k: int, variant: dict[tuple[int, str], pulp.LpVariable]
+                ) -> StageNeeds:
+    """The planned storages stage k's first node reads, per option allowed in ``variant``."""
+    first = graph.stages[k][0]
+    original = graph.planned_needs(first, "")
+    chosen = [(v.name, variant[first, v.name]) for v in graph.variants.get(first, [])
+              if (first, v.name) in variant]
+    if not chosen:
+        return StageNeeds(original, [(pulp.LpAffineExpression(constant=1), original)])
+    options = [(1 - pulp.lpSum(u for _, u in chosen), original)]
+    options += [(pulp.LpAffineExpression(u), graph.planned_needs(first, name))
+                for name, u in chosen]
+    return StageNeeds(set.intersection(*(needs for _, needs in options)), options)
+
+
 def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVariable],
                       recompute: dict[tuple[int, int], pulp.LpVariable],
                       variant: dict[tuple[int, str], pulp.LpVariable], const: int
                       ) -> tuple[list[pulp.LpAffineExpression], list[AuxVariable]]:
     """The memory rows of every backward stage (bytes; ``const`` is held throughout) and
-    the auxiliary variables they use."""
+    the auxiliary variables they use.
+
+    A storage the first node reads under some allowed options only is live at it when
+    held (or recomputed) and read by the chosen option, or kept for the next stage:
+    auxiliaries ``Y >= S[k][s] + chosen - 1``, ``Y >= S[k][s] + S[k+1][s] - 1`` for the
+    held copy, and the same in ``R[k][creator]`` for a recomputed one.
+    """
     K = len(graph.stages)
     live, before = backward_live_bytes(graph)
     bpos = {n: t for t, n in enumerate(graph.executed)}
@@ -145,16 +179,6 @@ def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVa
     rows: list[pulp.LpAffineExpression] = []
     aux: list[AuxVariable] = []
 
-    def avail(k: int, s: int) -> list[tuple[pulp.LpVariable, int]]:
-        terms = [(keep[k, s], size[s])] if (k, s) in keep else []
-        c = graph.creator[s]
-        if (k, c) in recompute:
-            terms.append((recompute[k, c], size[s]))
-        return terms
-
-    def carried(k: int, s: int) -> list[tuple[pulp.LpVariable, int]]:
-        return [(keep[k + 1, s], size[s])] if (k + 1, s) in keep else []
-
     def workspace(e: int) -> list[tuple[pulp.LpVariable, int]]:
         return [(variant[e, v.name], graph.nodes[v.impl].workspace_bytes)
                 for v in graph.variants.get(e, [])
@@ -162,32 +186,70 @@ def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVa
 
     for k in range(K):
         stage = graph.stages[k]
-        needed = graph.stage_need_storages_any(k)
+        needs = stage_needs(graph, k, variant)
+        # The recomputed copy's liveness at the end of the recompute phase (through the
+        # first node), for storages the first node does not always read.
+        end_live = {}
+        for o in cands[k]:
+            for s in graph.planned_storages(o):
+                if graph.creator[s] == o and s not in needs.always:
+                    end_live[s] = _live_to_end(k, s, recompute[k, o], keep, needs, "Zend", aux)
         at_first: list[tuple[pulp.LpVariable, int]] = []
         after: list[tuple[pulp.LpVariable, int]] = []
         for s in present[k]:
-            at_first += avail(k, s) if s in needed else carried(k, s)
-            after += carried(k, s)
+            carried = [(keep[k + 1, s], size[s])] if (k + 1, s) in keep else []
+            after += carried
+            made = (k, graph.creator[s]) in recompute
+            if s in needs.always:
+                at_first.append((keep[k, s], size[s]))
+                if made:
+                    at_first.append((recompute[k, graph.creator[s]], size[s]))
+                continue
+            if not needs.readers(s):  # live at the first node only if kept, either copy
+                at_first += carried
+                continue
+            held = _live_to_end(k, s, keep[k, s], keep, needs, "Y", aux)
+            at_first.append((held, size[s]))
+            if made and end_live[s] is not None:
+                at_first.append((end_live[s], size[s]))
         first = stage[0]
-        rows.append(linear(at_first + workspace(first),
-                                            constant=const + live[bpos[first]]))
+        rows.append(linear(at_first + workspace(first), constant=const + live[bpos[first]]))
         plain = [live[bpos[e]] for e in stage[1:] if not workspace(e)]
         if plain:
             rows.append(linear(after, constant=const + max(plain)))
         for e in stage[1:]:
             if workspace(e):
-                rows.append(linear(after + workspace(e),
-                                                    constant=const + live[bpos[e]]))
+                rows.append(linear(after + workspace(e), constant=const + live[bpos[e]]))
         if cands[k]:
             rows += _recompute_phase_rows(graph, k, sorted(cands[k]), present[k], keep,
-                                          recompute, needed, const + before[bpos[first]], aux)
+                                          recompute, needs.always, end_live,
+                                          const + before[bpos[first]], aux)
     return rows, aux
 
 
-def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int], held_storages: list[int],
-                          keep: dict[tuple[int, int], pulp.LpVariable],
-                          recompute: dict[tuple[int, int], pulp.LpVariable], needed: set[int],
-                          const: int, aux: list[AuxVariable]) -> list[pulp.LpAffineExpression]:
+def _live_to_end(k: int, s: int, copy: pulp.LpVariable,
+                 keep: dict[tuple[int, int], pulp.LpVariable], needs: StageNeeds, name: str,
+                 aux: list[AuxVariable]) -> pulp.LpVariable | None:
+    """An auxiliary that is 1 when ``copy`` (held or recomputed) of storage s lives until
+    stage k's first node has run: read by the chosen option or kept for the next stage.
+    None when neither can happen."""
+    lower = [ind + copy - 1 for ind in needs.readers(s)]
+    if (k + 1, s) in keep and keep[k + 1, s] is not copy:
+        lower.append(keep[k + 1, s] + copy - 1)
+    elif (k + 1, s) in keep:
+        lower.append(pulp.LpAffineExpression(copy))
+    if not lower:
+        return None
+    var = pulp.LpVariable(f"{name}_{k}_{s}", lowBound=0, upBound=1)
+    aux.append(AuxVariable(var, lower))
+    return var
+
+
+def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int],
+                          held_storages: list[int], keep: dict[tuple[int, int], pulp.LpVariable],
+                          recompute: dict[tuple[int, int], pulp.LpVariable], always: set[int],
+                          end_live: dict[int, pulp.LpVariable | None], const: int,
+                          aux: list[AuxVariable]) -> list[pulp.LpAffineExpression]:
     """Rows after each recompute candidate of stage k has (or would have) run."""
     size = graph.storage_bytes
     held = pulp.LpVariable(f"H_{k}", lowBound=0)
@@ -206,14 +268,11 @@ def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int], held_st
         for s in graph.planned_storages(o):
             if graph.creator[s] != o:
                 continue
-            if s in needed:
+            if s in always:
                 pieces[s] = [(r_o, recompute[k, o])]
                 continue
             later = [r for r in readers.get(s, []) if r > r_o]
-            nxt: pulp.LpVariable | None = None
-            if (k + 1, s) in keep:
-                nxt = pulp.LpVariable(f"Zc_{k}_{s}", lowBound=0, upBound=1)
-                aux.append(AuxVariable(nxt, [keep[k + 1, s] + recompute[k, o] - 1]))
+            nxt = end_live[s]
             chain: list[tuple[int, pulp.LpVariable | None]] = [(later[-1] + 1 if later else
                                                                 r_o + 1, nxt)]
             for i in range(len(later) - 1, -1, -1):

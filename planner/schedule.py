@@ -125,7 +125,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                                 "nor recomputed")
 
         nxt = decisions.keep[k + 1] if k + 1 < len(graph.stages) else set()
-        needed = graph.stage_need_storages_any(k)
+        needed = graph.stage_need_storages(k, decisions.variants)
         held_storages = env_storages(graph, env)  # recomputed ops allocate new storages
         order = sorted(decisions.recompute[k])
         last_reader: dict[int, int] = {}  # storage -> rank of its last recomputed reader
