@@ -17,9 +17,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
+from torch._export.utils import _compiling_state_context
 from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .capture_errors import CaptureError, ModuleTracker, capture_error
 from .ir import (
     BACKWARD,
     BUFFER,
@@ -36,9 +38,7 @@ from .variants import VARIANT_META, insert_variants
 
 log = logging.getLogger(__name__)
 
-
-class CaptureError(RuntimeError):
-    """The model could not be captured into a joint graph."""
+__all__ = ["CaptureError", "CapturedGraph", "capture", "graph_hash", "autocast_name"]
 
 
 @dataclass
@@ -56,7 +56,23 @@ class CapturedGraph:
     input_requires_grad: list[bool]
     dtype: str
     device: str
+    # How the model's outputs nest (torch.utils._pytree): the runtime rebuilds dicts,
+    # tuples and ModelOutput objects from the graph's flat outputs.
+    out_spec: Any = None
+    autocast: str = ""  # "" or the torch.autocast dtype the graph was traced under
 
+
+def autocast_name(dtype: torch.dtype | str | None) -> str:
+    """``""`` for no autocast, else the dtype's name (``torch.bfloat16``)."""
+    if dtype is None or dtype == "":
+        return ""
+    if isinstance(dtype, str):
+        aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+        dtype = getattr(torch, aliases.get(dtype, dtype.replace("torch.", "")), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise CaptureError(f"autocast dtype {dtype!r} is not a floating dtype; use "
+                               "bf16 or fp16")
+    return str(dtype)
 
 def _desc_str(desc: Any) -> str:
     return "" if desc is None else repr(desc)
@@ -134,26 +150,48 @@ def _is_random(node: fx.Node) -> bool:
         torch.Tag.nondeterministic_seeded in target.tags
 
 
-def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> CapturedGraph:
+def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
+            autocast: torch.dtype | str | None = None) -> CapturedGraph:
     """Trace ``model(*example_inputs)`` and its backward into one labelled joint graph.
 
     Runs with fake tensors: nothing is computed and the model's buffers are not touched.
+    The model may return any nesting of tensors that ``torch.utils._pytree`` flattens
+    (dicts, tuples, Hugging Face ``ModelOutput``). With ``autocast`` (a dtype) the model is
+    traced under ``torch.autocast``, so the graph holds the casts autocast makes. Like
+    ``torch.export``, the capture runs with ``torch.compiler.is_compiling()`` true, which
+    lets libraries skip checks that would read tensor values. What cannot be traced raises
+    :class:`CaptureError` naming the module, the op and the line.
     """
     example_inputs = tuple(example_inputs)
     if not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise CaptureError("example inputs must be tensors")
+    amp = autocast_name(autocast)
+    params = list(model.parameters())
+    device_type = params[0].device.type if params else example_inputs[0].device.type
+    tracker = ModuleTracker(model)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_compiling_state_context())
+            if amp:
+                stack.enter_context(torch.autocast(device_type, dtype=_dtype_of(amp)))
+            else:  # a capture inside the user's autocast region must not inherit it
+                stack.enter_context(torch.autocast(device_type, enabled=False))
+            stack.enter_context(tracker.active())
             joint = aot_export_joint_with_descriptors(
                 stack, model, example_inputs, _record_nn_module_stack=True)
+    except CaptureError:
+        raise
     except Exception as e:  # tracing failures surface as many exception types
-        raise CaptureError(f"could not capture {type(model).__name__}: "
-                           f"{type(e).__name__}: {e}") from e
+        raise capture_error(model, tracker, e) from e
     gm = joint.graph_module
     forward = _forward_fx_nodes(gm)
     _drop_backward_clones(gm, forward)
     insert_variants(gm, forward)
-    return _label(gm, model, example_inputs)
+    return _label(gm, model, example_inputs, joint.out_spec, amp)
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    return getattr(torch, name.replace("torch.", ""))
 
 
 def _drop_backward_clones(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
@@ -197,7 +235,8 @@ def _forward_fx_nodes(gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def _label(gm: fx.GraphModule, model: torch.nn.Module,
-           example_inputs: tuple[torch.Tensor, ...]) -> CapturedGraph:
+           example_inputs: tuple[torch.Tensor, ...], out_spec: Any = None,
+           amp: str = "") -> CapturedGraph:
     graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     index = {n: i for i, n in enumerate(graph_nodes)}
@@ -286,7 +325,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         outputs=outputs, graph_hash="", input_shapes=[list(x.shape) for x in example_inputs],
         input_dtypes=[str(x.dtype) for x in example_inputs],
         input_requires_grad=[bool(x.requires_grad) for x in example_inputs],
-        dtype=dtype, device=device)
+        dtype=dtype, device=device, out_spec=out_spec, autocast=amp)
     captured.graph_hash = graph_hash(captured)
     log.info("captured %d nodes (%d forward, %d backward), hash %s", len(records),
              sum(r.role == FORWARD for r in records), sum(r.role == BACKWARD for r in records),
@@ -303,4 +342,16 @@ def graph_hash(captured: CapturedGraph) -> str:
                        r.shape, r.dtype, r.storages, r.new_storages, args)).encode())
     h.update(repr([(o.kind, o.node, o.target) for o in captured.outputs]).encode())
     h.update(repr((captured.device, captured.dtype, captured.input_requires_grad)).encode())
+    # Only what older graphs did not have, so that their hashes stay the same.
+    if captured.autocast:
+        h.update(f"autocast={captured.autocast}".encode())
+    if _nested_outputs(captured.out_spec):
+        h.update(f"outputs={captured.out_spec}".encode())
     return h.hexdigest()
+
+
+def _nested_outputs(spec: Any) -> bool:
+    """Whether outputs nest beyond one tensor or a flat tuple of tensors."""
+    if spec is None or spec.is_leaf():
+        return False
+    return not (spec.type is tuple and all(c.is_leaf() for c in spec.children()))
