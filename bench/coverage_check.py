@@ -1,0 +1,144 @@
+"""One coverage check: capture, profile (estimated), plan at half the unoptimised peak,
+run one planned and one eager training step from the same RNG state, compare.
+
+Plans use only exact operator variants (``variants="exact"``), so loss and gradients are
+expected to equal eager's bit for bit on the CPU; where they do not, the largest absolute
+and relative differences are recorded.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+
+import torch
+import torch.utils._pytree as pytree
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CoverageResult:
+    """What one model's coverage check found."""
+
+    name: str
+    family: str
+    input: str
+    status: str = ""  # "exact", "within tolerance ...", "FAILED: ..."
+    nodes: int = 0
+    params: int = 0
+    baseline_peak: int = 0
+    budget: int = 0
+    budget_note: str = ""  # "0.5" or "smallest feasible + 5 %"
+    predicted_peak: int = 0
+    executor_peak: int = 0
+    max_abs_diff: float = 0.0
+    max_rel_diff: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.status.startswith("FAILED")
+
+
+def loss_of(output) -> torch.Tensor:
+    """A loss over every floating tensor the model returns (dicts, tuples, ModelOutput),
+    giving each element a different gradient."""
+    leaves = [t for t in pytree.tree_leaves(output)
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and t.requires_grad]
+    if not leaves:
+        raise ValueError("the model returns no floating tensor that requires grad")
+    total = None
+    for t in leaves:
+        w = torch.linspace(-1, 1, t.numel(), dtype=torch.float32).view_as(t)
+        term = (t.float() * w).sum()
+        total = term if total is None else total + term
+    return total
+
+
+def train_step(model: torch.nn.Module, inputs, seed: int = 1234,
+               autocast: torch.dtype | None = None):
+    """Loss and parameter gradients of one step from a fixed RNG state."""
+    torch.manual_seed(seed)
+    device = next(iter(model.parameters())).device.type
+    with torch.autocast(device, dtype=autocast, enabled=autocast is not None):
+        out = model(*inputs)
+        loss = loss_of(out)
+    loss.backward()
+    named = model.module if hasattr(model, "runner") else model
+    return loss.detach(), {n: p.grad.clone() for n, p in named.named_parameters()
+                           if p.grad is not None}
+
+
+def compare(result: CoverageResult, planned, eager) -> None:
+    """Set ``result.status`` from a planned and an eager step."""
+    (l1, g1), (l0, g0) = planned, eager
+    if g1.keys() != g0.keys():
+        result.status = f"FAILED: gradients of {sorted(g0.keys() ^ g1.keys())[:3]} missing"
+        return
+    if torch.equal(l1, l0) and all(torch.equal(g1[k], g0[k]) for k in g0):
+        result.status = "exact"
+        return
+    abs_d, rel_d = float((l1 - l0).abs()), float((l1 - l0).abs() / l0.abs().clamp_min(1e-30))
+    for k in g0:
+        d = float((g1[k] - g0[k]).abs().max()) if g0[k].numel() else 0.0
+        scale = float(g0[k].abs().max()) if g0[k].numel() else 0.0
+        abs_d, rel_d = max(abs_d, d), max(rel_d, d / scale if scale else 0.0)
+    result.max_abs_diff, result.max_rel_diff = abs_d, rel_d
+    result.status = f"within tolerance {rel_d:.1e} (rel)" if rel_d <= 1e-4 else \
+        f"FAILED: gradients differ (max rel {rel_d:.1e}, abs {abs_d:.1e})"
+
+
+def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
+               variants: str = "exact", autocast: torch.dtype | None = None
+               ) -> CoverageResult:
+    """Run the whole check for one ``bench.coverage_models.Case``; never raises."""
+    from planner import InfeasibleBudgetError, solve
+    from planner.backends import SolveOptions
+    from profiler import profile_model
+    from runtime import load_plan
+
+    result = CoverageResult(case.name, case.family, case.input_spec)
+    t0 = time.perf_counter()
+    stage = "building the model"
+    try:
+        model, inputs = case.make()
+        result.params = sum(p.numel() for p in model.parameters())
+        stage = "capture"
+        profile = profile_model(model, inputs, name=case.name, estimate=True,
+                                autocast=autocast)
+        result.nodes = len(profile.nodes)
+        stage = "solve"
+        options = SolveOptions(time_limit_s=time_limit_s, variants=variants)
+        try:
+            plan = solve(profile, fraction, options=options)
+            result.budget_note = f"{fraction:g}"
+        except InfeasibleBudgetError as e:
+            if e.smallest_feasible is None:
+                raise
+            plan = solve(profile, int(e.smallest_feasible * 1.05), options=options)
+            result.budget_note = f"smallest feasible + 5 % ({fraction:g} infeasible)"
+        result.baseline_peak, result.budget = plan.baseline_peak_bytes, plan.budget_bytes
+        result.predicted_peak = plan.predicted_peak_bytes
+        stage = "planned step"
+        planned_model = load_plan(copy.deepcopy(model), plan)
+        planned = train_step(planned_model, inputs, autocast=autocast)
+        result.executor_peak = planned_model.last_peak_bytes
+        del planned_model
+        stage = "eager step"
+        eager = train_step(copy.deepcopy(model), inputs, autocast=autocast)
+        compare(result, planned, eager)
+        if result.ok and result.executor_peak > result.predicted_peak:
+            result.status = (f"FAILED: executor peak {result.executor_peak} > predicted "
+                             f"{result.predicted_peak}")
+        elif result.ok and result.executor_peak < result.predicted_peak:
+            result.status += (f" (executor peak {result.predicted_peak - result.executor_peak}"
+                              " bytes below the prediction)")
+    except Exception as e:  # recorded in the table, with the stage it failed in
+        log.debug("%s failed:\n%s", case.name, traceback.format_exc())
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        result.status = f"FAILED in {stage}: {type(e).__name__}: {first[:400]}"
+    result.seconds = time.perf_counter() - t0
+    return result
