@@ -8,6 +8,7 @@ innermost line of the user's code are put into one :class:`CaptureError` message
 from __future__ import annotations
 
 import contextlib
+import linecache
 import os
 import traceback
 from typing import Any, Iterator
@@ -82,12 +83,15 @@ def failing_op(e: BaseException) -> str:
 
 
 def user_frame(e: BaseException) -> str:
-    """``function (file:line: code)`` of the innermost frame outside torch, or ''."""
+    """``Qualified.name (file:line: code)`` of the innermost frame outside torch, or ''."""
     for err in _chain(e):
-        frames = traceback.extract_tb(err.__traceback__)
-        for f in reversed(frames):
-            if _is_user_file(f.filename):
-                return f"{f.name} ({os.path.basename(f.filename)}:{f.lineno}: {f.line})"
+        frames = list(traceback.walk_tb(err.__traceback__))
+        for frame, lineno in reversed(frames):
+            filename = frame.f_code.co_filename
+            if _is_user_file(filename):
+                name = getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+                line = linecache.getline(filename, lineno).strip()
+                return f"{name} ({os.path.basename(filename)}:{lineno}: {line})"
     return ""
 
 
