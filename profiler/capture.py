@@ -172,10 +172,10 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
     try:
         with contextlib.ExitStack() as stack:
             stack.enter_context(_compiling_state_context())
+            # A capture inside the user's autocast region must not inherit it.
+            stack.enter_context(torch.autocast(device_type, enabled=False))
             if amp:
-                stack.enter_context(torch.autocast(device_type, dtype=_dtype_of(amp)))
-            else:  # a capture inside the user's autocast region must not inherit it
-                stack.enter_context(torch.autocast(device_type, enabled=False))
+                stack.enter_context(_forward_under_autocast(model, device_type, amp))
             stack.enter_context(tracker.active())
             joint = aot_export_joint_with_descriptors(
                 stack, model, example_inputs, _record_nn_module_stack=True)
@@ -192,6 +192,27 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
 
 def _dtype_of(name: str) -> torch.dtype:
     return getattr(torch, name.replace("torch.", ""))
+
+
+@contextlib.contextmanager
+def _forward_under_autocast(model: torch.nn.Module, device_type: str, amp: str):
+    """Run only the model's forward under autocast, as a training loop does (``with
+    autocast: loss = ...`` then ``loss.backward()`` outside): tracing the backward under
+    autocast too would cast its float32 gradients down and differ from eager."""
+    own = model.__dict__.get("forward")
+    inner = model.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, dtype=_dtype_of(amp)):
+            return inner(*args, **kwargs)
+    model.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
 
 
 def _drop_backward_clones(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
