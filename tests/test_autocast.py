@@ -146,3 +146,19 @@ def test_autocast_changes_the_graph_hash():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert capture(model, inputs).graph_hash == plain.graph_hash
     assert capture(model, inputs, autocast="bf16").graph_hash != plain.graph_hash
+
+
+def test_cli_profile_with_autocast(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from profiler import Profile
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / "profile.json"
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", "profile", "torchvision:resnet18",
+                        "--batch", "2", "--image-size", "32", "--estimate", "--autocast", "bf16",
+                        "-o", str(out)], capture_output=True, text=True, cwd=root,
+                       env=dict(os.environ, PYTHONPATH=root), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert Profile.load(str(out)).autocast == "torch.bfloat16"
