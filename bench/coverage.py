@@ -37,9 +37,10 @@ def render(results: list[CoverageResult], note: str) -> str:
     exact = sum(r.status == "exact" for r in results)
     tol = sum(r.status.startswith("within") for r in results)
     failed = [r for r in results if not r.ok]
+    not_run = sum(r.status.startswith("not run") for r in results)
     lines = ["# Coverage", "", note, "",
              f"**{len(results)} models: {exact} exact, {tol} within tolerance, "
-             f"{len(failed)} failed.**", "",
+             f"{len(failed)} failed, {not_run} not run.**", "",
              "| model | family | input | params (M) | nodes | unoptimised peak (MiB) | "
              "budget (MiB) | budget is | predicted peak (MiB) | executor peak (MiB) | "
              "status | seconds |", "|" + "---|" * 12]
@@ -61,9 +62,12 @@ def _run_one(name: str, args: argparse.Namespace) -> CoverageResult:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
                               cwd=ROOT)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+        stages = [ln[7:] for ln in err.splitlines() if ln.startswith("stage: ")]
+        where = f" (still in {stages[-1]})" if stages else ""
         return CoverageResult(name, case.family, case.input_spec, seconds=args.timeout,
-                              status=f"FAILED: not done within {args.timeout} s")
+                              status=f"FAILED: not done within {args.timeout} s{where}")
     last = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
     if done.returncode != 0 or not last:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -71,6 +75,28 @@ def _run_one(name: str, args: argparse.Namespace) -> CoverageResult:
                               seconds=time.perf_counter() - t0,
                               status=f"FAILED: process exited {done.returncode}: {tail[:300]}")
     return CoverageResult(**json.loads(last[0]))
+
+
+def _write_table(args: argparse.Namespace, cases: list,
+                 done: dict[str, CoverageResult]) -> list[CoverageResult]:
+    """Write the table of everything done so far (cases not reached: "not run")."""
+    order = {c.name: i for i, c in enumerate(all_cases())}
+    rows = dict(done)
+    for c in cases:
+        rows.setdefault(c.name, CoverageResult(c.name, c.family, c.input_spec,
+                                               status="not run"))
+    results = sorted(rows.values(), key=lambda r: order.get(r.name, len(order)))
+    note = (f"`python bench/coverage.py` on {os.cpu_count()} CPU cores (shared), torch "
+            f"{__import__('torch').__version__}: batch 2 at the inputs shown, estimated "
+            f"times, plans with exact variants only at {args.fraction:g} of the unoptimised "
+            f"peak (solver limit {args.time_limit:g} s per solve), one planned and one eager "
+            "step from the same RNG state, each model in its own process with a "
+            f"{args.timeout} s limit. *exact*: loss and every gradient `torch.equal` to "
+            "eager; *within tolerance r*: largest gradient difference relative to the "
+            "gradient's largest entry.")
+    with open(args.out, "w") as f:
+        f.write(render(results, note))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     if args.one:  # child process: print one JSON result
-        result = check_case(case_by_name(args.one), args.fraction, args.time_limit)
+        def stage(name: str) -> None:
+            print(f"stage: {name}", file=sys.stderr, flush=True)
+        result = check_case(case_by_name(args.one), args.fraction, args.time_limit,
+                            on_stage=stage)
         print(json.dumps(asdict(result)))
         return 0
 
@@ -105,8 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                 done[r.name] = r
     os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
     names = {f.name for f in fields(CoverageResult)}
+    # Quick families first, so that a run cut short has covered every kind of model.
+    first = {"huggingface": 0, "detection-backbone": 1, "segmentation": 2}
     with open(jsonl, "a" if args.resume else "w") as log_file:
-        for case in cases:
+        for case in sorted(cases, key=lambda c: first.get(c.family, 3)):
             if case.name in done:
                 continue
             model, _ = case.make() if args.max_params else (None, None)
@@ -122,17 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             log_file.write(json.dumps({k: v for k, v in asdict(r).items() if k in names}) + "\n")
             log_file.flush()
             print(f"{r.name}: {r.status} ({r.seconds:.0f} s)", flush=True)
-    order = {c.name: i for i, c in enumerate(all_cases())}
-    results = sorted(done.values(), key=lambda r: order.get(r.name, len(order)))
-    note = (f"`python bench/coverage.py` on {os.cpu_count()} CPU cores, torch "
-            f"{__import__('torch').__version__}: batch 2 at the inputs shown, estimated "
-            f"times, plans with exact variants only at {args.fraction:g} of the unoptimised "
-            f"peak (solver limit {args.time_limit:g} s), one planned and one eager step "
-            "from the same RNG state. *exact*: loss and every gradient `torch.equal` to "
-            "eager; *within tolerance r*: largest gradient difference relative to the "
-            "gradient's largest entry.")
-    with open(args.out, "w") as f:
-        f.write(render(results, note))
+            results = _write_table(args, cases, done)
+    results = _write_table(args, cases, done)
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -92,9 +92,10 @@ def compare(result: CoverageResult, planned, eager) -> None:
 
 
 def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
-               variants: str = "exact", autocast: torch.dtype | None = None
-               ) -> CoverageResult:
-    """Run the whole check for one ``bench.coverage_models.Case``; never raises."""
+               variants: str = "exact", autocast: torch.dtype | None = None,
+               on_stage=None) -> CoverageResult:
+    """Run the whole check for one ``bench.coverage_models.Case``; never raises.
+    ``on_stage(name)`` is told each stage as it starts."""
     from planner import InfeasibleBudgetError, solve
     from planner.backends import SolveOptions
     from profiler import profile_model
@@ -103,14 +104,20 @@ def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
     result = CoverageResult(case.name, case.family, case.input_spec)
     t0 = time.perf_counter()
     stage = "building the model"
+    if on_stage:
+        on_stage(stage)
     try:
         model, inputs = case.make()
         result.params = sum(p.numel() for p in model.parameters())
         stage = "capture"
+        if on_stage:
+            on_stage(stage)
         profile = profile_model(model, inputs, name=case.name, estimate=True,
                                 autocast=autocast)
         result.nodes = len(profile.nodes)
         stage = "solve"
+        if on_stage:
+            on_stage(stage)
         options = SolveOptions(time_limit_s=time_limit_s, variants=variants)
         try:
             plan = solve(profile, fraction, options=options)
@@ -123,11 +130,15 @@ def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
         result.baseline_peak, result.budget = plan.baseline_peak_bytes, plan.budget_bytes
         result.predicted_peak = plan.predicted_peak_bytes
         stage = "planned step"
+        if on_stage:
+            on_stage(stage)
         planned_model = load_plan(copy.deepcopy(model), plan)
         planned = train_step(planned_model, inputs, autocast=autocast)
         result.executor_peak = planned_model.last_peak_bytes
         del planned_model
         stage = "eager step"
+        if on_stage:
+            on_stage(stage)
         eager = train_step(copy.deepcopy(model), inputs, autocast=autocast)
         compare(result, planned, eager)
         if result.ok and result.executor_peak > result.predicted_peak:
