@@ -74,7 +74,7 @@ def _detection_backbone(name: str) -> Case:
     def build() -> torch.nn.Module:
         return torchvision.models.get_model(name, weights=None, weights_backbone=None,
                                             num_classes=3).backbone
-    size = 96 if "ssd" in name else 64
+    size = 300 if name.startswith("ssd300") else 96 if "ssd" in name else 64
     return Case(f"{name}.backbone", "detection-backbone", build, f"{BATCH}x3x{size}x{size}")
 
 

@@ -67,8 +67,8 @@ def _plan(model, inputs, dtype, fraction):
 
 # ResNet-18's float32 parameters and gradients dominate at a CPU test's input: 0.95 is what
 # it can reach (its smallest feasible budget is about 0.92); the GPT reaches 0.75 (0.69).
-@pytest.mark.parametrize("build,fraction", [(_resnet, 0.95), (_gpt, 0.75)],
-                         ids=["resnet18", "gpt"])
+@pytest.mark.parametrize("build,fraction", [
+    pytest.param(_resnet, 0.95, marks=pytest.mark.slow), (_gpt, 0.75)], ids=["resnet18", "gpt"])
 def test_bf16_gradients_equal_eager(build, fraction):
     model, inputs = build()
     plan = _plan(model, inputs, torch.bfloat16, fraction)
@@ -87,6 +87,7 @@ def test_bf16_gradients_equal_eager(build, fraction):
         plan.predicted_peak_bytes * 1.001
 
 
+@pytest.mark.slow
 def test_bf16_with_dropout_plan_is_exact_and_eager_within_rounding():
     model, inputs = _gpt_dropout()
     plan = _plan(model, inputs, torch.bfloat16, 0.75)
@@ -123,7 +124,7 @@ def test_fp16_with_grad_scaler_equals_eager():
 
 
 def test_runtime_refuses_another_autocast_setting():
-    model, inputs = _resnet()
+    model, inputs = _gpt()
     plan = _plan(model, inputs, torch.bfloat16, 1.0)
     planned = load_plan(copy.deepcopy(model), plan)
     with pytest.raises(PlanMismatchError, match=r"captured under torch.autocast\(torch."
@@ -140,7 +141,7 @@ def test_runtime_refuses_another_autocast_setting():
 
 
 def test_autocast_changes_the_graph_hash():
-    model, inputs = _resnet()
+    model, inputs = _gpt()
     plain = capture(model, inputs)
     # a capture inside the user's autocast region does not inherit it
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -148,6 +149,7 @@ def test_autocast_changes_the_graph_hash():
     assert capture(model, inputs, autocast="bf16").graph_hash != plain.graph_hash
 
 
+@pytest.mark.slow
 def test_cli_profile_with_autocast(tmp_path):
     import os
     import subprocess
