@@ -72,8 +72,11 @@ def train_step(model: torch.nn.Module, inputs, seed: int = 1234,
                            if p.grad is not None}
 
 
-def compare(result: CoverageResult, planned, eager) -> None:
-    """Set ``result.status`` from a planned and an eager step."""
+def compare(result: CoverageResult, planned, eager, float64=None) -> None:
+    """Set ``result.status`` from a planned and an eager step. Where they differ,
+    ``float64()`` gives eager's gradients in float64: a gradient no further from eager than
+    twice eager's own float32 error (or within 1e-4 of its largest entry) is float32
+    rounding, as tests/conftest.py judges norm variants."""
     (l1, g1), (l0, g0) = planned, eager
     if g1.keys() != g0.keys():
         result.status = f"FAILED: gradients of {sorted(g0.keys() ^ g1.keys())[:3]} missing"
@@ -82,13 +85,33 @@ def compare(result: CoverageResult, planned, eager) -> None:
         result.status = "exact"
         return
     abs_d, rel_d = float((l1 - l0).abs()), float((l1 - l0).abs() / l0.abs().clamp_min(1e-30))
+    worse: list[str] = []
+    reference = None
     for k in g0:
-        d = float((g1[k] - g0[k]).abs().max()) if g0[k].numel() else 0.0
-        scale = float(g0[k].abs().max()) if g0[k].numel() else 0.0
-        abs_d, rel_d = max(abs_d, d), max(rel_d, d / scale if scale else 0.0)
+        if torch.equal(g1[k], g0[k]) or not g0[k].numel():
+            continue
+        d = float((g1[k] - g0[k]).abs().max())
+        scale = float(g0[k].abs().max())
+        abs_d, rel_d = max(abs_d, d), max(rel_d, d / scale if scale else float("inf"))
+        if d <= 1e-4 * scale:
+            continue
+        if reference is None:
+            reference = float64() if float64 is not None else {}
+        own = float((g0[k].double() - reference[k]).abs().max()) if k in reference else 0.0
+        if d > 2 * own:
+            worse.append(f"{k}: {d:.1e} from eager, eager's own float32 error {own:.1e}")
     result.max_abs_diff, result.max_rel_diff = abs_d, rel_d
-    result.status = f"within tolerance {rel_d:.1e} (rel)" if rel_d <= 1e-4 else \
-        f"FAILED: gradients differ (max rel {rel_d:.1e}, abs {abs_d:.1e})"
+    if worse:
+        result.status = f"FAILED: gradients differ beyond float32 rounding ({worse[0]})"
+    else:
+        result.status = (f"within tolerance {rel_d:.1e} (rel; float32 rounding: no gradient "
+                         "further from eager than eager is from float64)")
+
+
+def _float64_grads(model: torch.nn.Module, inputs, autocast):
+    """Eager gradients of the same step in float64 (the rounding reference)."""
+    double = [x.double() if x.is_floating_point() else x for x in inputs]
+    return train_step(copy.deepcopy(model).double(), double, autocast=autocast)[1]
 
 
 def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
@@ -140,7 +163,8 @@ def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
         if on_stage:
             on_stage(stage)
         eager = train_step(copy.deepcopy(model), inputs, autocast=autocast)
-        compare(result, planned, eager)
+        compare(result, planned, eager,
+                lambda: _float64_grads(model, inputs, autocast))
         if result.ok and result.executor_peak > result.predicted_peak:
             result.status = (f"FAILED: executor peak {result.executor_peak} > predicted "
                              f"{result.predicted_peak}")
