@@ -30,7 +30,9 @@ def test_model_trains_exactly_under_a_plan(name):
     if name.startswith("hf_"):
         pytest.importorskip("transformers")
     result = check_case(case_by_name(name), fraction=0.5, time_limit_s=3)
-    assert result.status.startswith("exact"), result.status
+    # Bit-identical, or (bilinear upsampling, which the capture traces as torch's Python
+    # decomposition rather than eager's kernel) no further from eager than float32 rounding.
+    assert result.status.startswith(("exact", "within tolerance")), result.status
     # Tiny models (BERT here) may not go below their unoptimised peak at all: their
     # smallest feasible budget + 5 % is then above it.
     assert result.predicted_peak <= min(result.budget, result.baseline_peak)
