@@ -266,8 +266,23 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
     storage_of: dict[Any, int] = {}  # StorageWeakRef -> id, valid among live meta values
     storage_bytes: dict[int, int] = {}
     records: list[NodeRecord] = []
+    # Tied parameters (a shared embedding and output weight) are one tensor in the model
+    # but one placeholder each in the graph: give them one storage.
+    param_ids = {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
+    storage_of_param: dict[int, int] = {}
     for i, n in enumerate(graph_nodes):
         tensors = _tensors_of(n.meta.get("val"))
+        desc_kind = type(n.meta.get("desc")).__name__ if n.op == "placeholder" else ""
+        pid = param_ids.get(n.meta["desc"].target) if desc_kind == "ParamAOTInput" else None
+        if pid is not None and pid in storage_of_param and len(tensors) == 1:
+            sid = storage_of_param[pid]
+            storage_of[StorageWeakRef(tensors[0].untyped_storage())] = sid
+            role, desc = _placeholder_role(n.meta.get("desc"))
+            records.append(NodeRecord(
+                index=i, name=n.name, target=_target_name(n), role=role, inputs=[],
+                storages=[sid], new_storages=[], shape=list(tensors[0].shape),
+                dtype=str(tensors[0].dtype), desc=desc))
+            continue
         input_refs = {}
         for inp in n.all_input_nodes:
             for t in _tensors_of(inp.meta.get("val")):
@@ -284,6 +299,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
                 new.append(sid)
             if sid not in storages:
                 storages.append(sid)
+        if pid is not None and len(storages) == 1:
+            storage_of_param[pid] = storages[0]
         variant, site = "", -1
         if n.op == "placeholder":
             role, desc = _placeholder_role(n.meta.get("desc"))
