@@ -27,6 +27,14 @@ sys.path.insert(0, ROOT)
 from bench.coverage_check import CoverageResult, check_case  # noqa: E402
 from bench.coverage_models import all_cases, case_by_name  # noqa: E402
 
+# The smallest model of each torchvision architecture.
+REPRESENTATIVES = {
+    "alexnet", "convnext_tiny", "densenet121", "efficientnet_b0", "efficientnet_v2_s",
+    "googlenet", "inception_v3", "maxvit_t", "mnasnet0_5", "mobilenet_v2",
+    "mobilenet_v3_small", "regnet_x_400mf", "regnet_y_400mf", "resnet18", "resnext50_32x4d",
+    "shufflenet_v2_x0_5", "squeezenet1_0", "swin_t", "swin_v2_t", "vgg11", "vgg11_bn",
+    "vit_b_32", "wide_resnet50_2"}
+
 
 def _mib(n: int) -> str:
     return f"{n / 2**20:.1f}" if n else ""
@@ -134,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
                 done[r.name] = r
     os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
     names = {f.name for f in fields(CoverageResult)}
-    # Quick families first, so that a run cut short has covered every kind of model.
+    # Quick families first, then one small model of every torchvision architecture, so that
+    # a run cut short has covered every kind of model.
     first = {"huggingface": 0, "detection-backbone": 1, "segmentation": 2}
     with open(jsonl, "a" if args.resume else "w") as log_file:
-        for case in sorted(cases, key=lambda c: first.get(c.family, 3)):
+        for case in sorted(cases, key=lambda c: (first.get(c.family, 3),
+                                                 c.name not in REPRESENTATIVES)):
             if case.name in done:
                 continue
             model, _ = case.make() if args.max_params else (None, None)
