@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip models with more parameters (millions; 0: no limit): two "
                         "copies, their gradients and the step must fit in memory")
     p.add_argument("--resume", action="store_true", help="keep results already in the .jsonl")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the table from the .jsonl (models not in it: not run)")
     p.add_argument("--one", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -135,11 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if c.name in args.models or c.family in args.models]
     jsonl = os.path.splitext(args.out)[0] + ".jsonl"
     done: dict[str, CoverageResult] = {}
-    if args.resume and os.path.exists(jsonl):
+    if (args.resume or args.render) and os.path.exists(jsonl):
         with open(jsonl) as f:
             for line in f:
                 r = CoverageResult(**json.loads(line))
                 done[r.name] = r
+    if args.render:
+        results = _write_table(args, cases, done)
+        return 0 if all(r.ok for r in results) else 1
     os.makedirs(os.path.dirname(os.path.abspath(jsonl)), exist_ok=True)
     names = {f.name for f in fields(CoverageResult)}
     # Quick families first, then one small model of every torchvision architecture, so that
