@@ -74,12 +74,12 @@ def _run_one(name: str, args: argparse.Namespace) -> CoverageResult:
         err = e.stderr.decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
         stages = [ln[7:] for ln in err.splitlines() if ln.startswith("stage: ")]
         where = f" (still in {stages[-1]})" if stages else ""
-        return CoverageResult(name, case.family, case.input_spec, seconds=args.timeout,
+        return CoverageResult(name, case.family, case.describe(), seconds=args.timeout,
                               status=f"FAILED: not done within {args.timeout} s{where}")
     last = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
     if done.returncode != 0 or not last:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return CoverageResult(name, case.family, case.input_spec,
+        return CoverageResult(name, case.family, case.describe(),
                               seconds=time.perf_counter() - t0,
                               status=f"FAILED: process exited {done.returncode}: {tail[:300]}")
     return CoverageResult(**json.loads(last[0]))
@@ -91,7 +91,7 @@ def _write_table(args: argparse.Namespace, cases: list,
     order = {c.name: i for i, c in enumerate(all_cases())}
     rows = dict(done)
     for c in cases:
-        rows.setdefault(c.name, CoverageResult(c.name, c.family, c.input_spec,
+        rows.setdefault(c.name, CoverageResult(c.name, c.family, c.describe(),
                                                status="not run"))
     results = sorted(rows.values(), key=lambda r: order.get(r.name, len(order)))
     note = (f"`python bench/coverage.py` on {os.cpu_count()} CPU cores (shared), torch "
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             n_params = sum(q.numel() for q in model.parameters()) if model is not None else 0
             del model
             if args.max_params and n_params > args.max_params * 1e6:
-                r = CoverageResult(case.name, case.family, case.input_spec, params=n_params,
+                r = CoverageResult(case.name, case.family, case.describe(), params=n_params,
                                    status=f"not run: {n_params / 1e6:.0f}M parameters > "
                                           f"--max-params {args.max_params:g}M")
             else:

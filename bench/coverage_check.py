@@ -124,7 +124,7 @@ def check_case(case, fraction: float = 0.5, time_limit_s: float = 10.0,
     from profiler import profile_model
     from runtime import load_plan
 
-    result = CoverageResult(case.name, case.family, case.input_spec)
+    result = CoverageResult(case.name, case.family, case.describe())
     t0 = time.perf_counter()
     stage = "building the model"
     if on_stage:

@@ -25,6 +25,11 @@ class Case:
     input_spec: str  # e.g. "2x3x64x64" or "2x16:int64:256"
     kwargs: dict = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """The input, and the builder's arguments where they differ from the defaults."""
+        extra = ", ".join(f"{k}={v}" for k, v in self.kwargs.items())
+        return f"{self.input_spec} ({extra})" if extra else self.input_spec
+
     def make(self, seed: int = 0) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
         """The model (training mode) and its example inputs, from ``seed``."""
         from profiler.models import parse_input_spec
