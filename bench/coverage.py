@@ -90,6 +90,9 @@ def _write_table(args: argparse.Namespace, cases: list,
     """Write the table of everything done so far (cases not reached: "not run")."""
     order = {c.name: i for i, c in enumerate(all_cases())}
     rows = dict(done)
+    described = {c.name: c.describe() for c in all_cases()}
+    for r in rows.values():
+        r.input = described.get(r.name, r.input)
     for c in cases:
         rows.setdefault(c.name, CoverageResult(c.name, c.family, c.describe(),
                                                status="not run"))
