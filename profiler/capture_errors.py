@@ -103,6 +103,8 @@ def _reason(e: BaseException, op: str) -> str:
                 "(if tensor..., .item(), .tolist()): the graph would depend on the data")
     if "dynamic" in text and "shape" in text:
         return "an op whose output shape depends on the data"
+    if "too small" in text or "greater than actual input size" in text:
+        return "the example input is too small for this layer: capture at a larger input"
     if "numpy" in text:
         return "a tensor leaves torch (numpy): the capture cannot trace it"
     return "an op or Python code the fake-tensor capture cannot trace"
