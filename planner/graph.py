@@ -215,10 +215,12 @@ class PlannerGraph:
 
     def ops(self) -> list[int]:
         """Forward nodes that allocate planned storages: the ones that can be recomputed
-        (pack nodes are not: they run in the forward pass or not at all)."""
+        (pack nodes are not: they run in the forward pass or not at all; nor is an op with
+        a user output among its outputs, e.g. a max pool whose values are returned and
+        whose indices are not: re-running it would allocate the held output again)."""
         return [n for n in self.forward if not self.nodes[n].is_alias
-                and self.nodes[n].role == FORWARD
-                and any(s not in self.pinned_storages for s in self.nodes[n].new_storages)]
+                and self.nodes[n].role == FORWARD and self.nodes[n].new_storages
+                and all(s not in self.pinned_storages for s in self.nodes[n].new_storages)]
 
     def new_bytes(self, index: int) -> int:
         return sum(self.storage_bytes[s] for s in self.nodes[index].new_storages)

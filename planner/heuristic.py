@@ -26,12 +26,13 @@ def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
     variants = dict(variants or {})
     recompute: list[set[int]] = [set() for _ in range(K)]
     last_use: dict[int, int] = {}
+    recomputable = set(graph.ops())
     for k in range(K):
         stack = list(graph.stage_need_storages(k, variants))
         while stack:
             s = stack.pop()
             op = graph.creator[s]
-            if op in checkpoints or op in graph.packs:
+            if op in checkpoints or op in graph.packs or op not in recomputable:
                 last_use[s] = k
             elif op not in recompute[k]:
                 recompute[k].add(op)

@@ -60,6 +60,7 @@ class Plan:
     variants: dict[str, str] = field(default_factory=dict)  # site node index -> variant
     nodes: list[dict[str, Any]] = field(default_factory=list)  # human-readable summary
     variant_summary: list[dict[str, Any]] = field(default_factory=list)
+    autocast: str = ""  # "" or the torch.autocast dtype the graph was captured under
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def decisions(self) -> Decisions:

@@ -301,7 +301,8 @@ def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Eval
         baseline_time_s=base.result.time_s, solver=info,
         keep=[sorted(k) for k in d.keep], recompute=[sorted(r) for r in d.recompute],
         variants={str(e): name for e, name in sorted(d.variants.items())},
-        nodes=summary, variant_summary=variant_summary(profile, graph, d))
+        nodes=summary, variant_summary=variant_summary(profile, graph, d),
+        autocast=profile.autocast)
 
 
 def variant_summary(profile: Profile, graph: PlannerGraph, d: Decisions) -> list[dict]:

@@ -2,11 +2,12 @@
 
 Imports nothing from ``planner`` or ``runtime``.
 """
-from .capture import CapturedGraph, CaptureError, capture
+from .capture import CapturedGraph, CaptureError, autocast_name, capture
 from .ir import NodeRecord, OutputRecord, Profile, ProfileFormatError
 from .models import ModelSpecError, load_model
 from .profile import device_name, profile_captured, profile_model
 
-__all__ = ["CaptureError", "CapturedGraph", "capture", "NodeRecord", "OutputRecord", "Profile",
-           "ProfileFormatError", "ModelSpecError", "load_model", "device_name",
+__all__ = ["CaptureError", "CapturedGraph", "autocast_name", "capture", "NodeRecord",
+           "OutputRecord", "Profile", "ProfileFormatError",
+           "ModelSpecError", "load_model", "device_name",
            "profile_captured", "profile_model"]

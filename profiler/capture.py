@@ -17,9 +17,11 @@ from typing import Any, Sequence
 
 import torch
 import torch.fx as fx
+from torch._export.utils import _compiling_state_context
 from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .capture_errors import CaptureError, ModuleTracker, capture_error
 from .ir import (
     BACKWARD,
     BUFFER,
@@ -36,9 +38,7 @@ from .variants import VARIANT_META, insert_variants
 
 log = logging.getLogger(__name__)
 
-
-class CaptureError(RuntimeError):
-    """The model could not be captured into a joint graph."""
+__all__ = ["CaptureError", "CapturedGraph", "capture", "graph_hash", "autocast_name"]
 
 
 @dataclass
@@ -56,7 +56,23 @@ class CapturedGraph:
     input_requires_grad: list[bool]
     dtype: str
     device: str
+    # How the model's outputs nest (torch.utils._pytree): the runtime rebuilds dicts,
+    # tuples and ModelOutput objects from the graph's flat outputs.
+    out_spec: Any = None
+    autocast: str = ""  # "" or the torch.autocast dtype the graph was traced under
 
+
+def autocast_name(dtype: torch.dtype | str | None) -> str:
+    """``""`` for no autocast, else the dtype's name (``torch.bfloat16``)."""
+    if dtype is None or dtype == "":
+        return ""
+    if isinstance(dtype, str):
+        aliases = {"bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+        dtype = getattr(torch, aliases.get(dtype, dtype.replace("torch.", "")), None)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise CaptureError(f"autocast dtype {dtype!r} is not a floating dtype; use "
+                               "bf16 or fp16")
+    return str(dtype)
 
 def _desc_str(desc: Any) -> str:
     return "" if desc is None else repr(desc)
@@ -134,26 +150,69 @@ def _is_random(node: fx.Node) -> bool:
         torch.Tag.nondeterministic_seeded in target.tags
 
 
-def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor]) -> CapturedGraph:
+def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
+            autocast: torch.dtype | str | None = None) -> CapturedGraph:
     """Trace ``model(*example_inputs)`` and its backward into one labelled joint graph.
 
     Runs with fake tensors: nothing is computed and the model's buffers are not touched.
+    The model may return any nesting of tensors that ``torch.utils._pytree`` flattens
+    (dicts, tuples, Hugging Face ``ModelOutput``). With ``autocast`` (a dtype) the model is
+    traced under ``torch.autocast``, so the graph holds the casts autocast makes. Like
+    ``torch.export``, the capture runs with ``torch.compiler.is_compiling()`` true, which
+    lets libraries skip checks that would read tensor values. What cannot be traced raises
+    :class:`CaptureError` naming the module, the op and the line.
     """
     example_inputs = tuple(example_inputs)
     if not all(isinstance(x, torch.Tensor) for x in example_inputs):
         raise CaptureError("example inputs must be tensors")
+    amp = autocast_name(autocast)
+    params = list(model.parameters())
+    device_type = params[0].device.type if params else example_inputs[0].device.type
+    tracker = ModuleTracker(model)
     try:
         with contextlib.ExitStack() as stack:
+            stack.enter_context(_compiling_state_context())
+            # A capture inside the user's autocast region must not inherit it.
+            stack.enter_context(torch.autocast(device_type, enabled=False))
+            if amp:
+                stack.enter_context(_forward_under_autocast(model, device_type, amp))
+            stack.enter_context(tracker.active())
             joint = aot_export_joint_with_descriptors(
                 stack, model, example_inputs, _record_nn_module_stack=True)
+    except CaptureError:
+        raise
     except Exception as e:  # tracing failures surface as many exception types
-        raise CaptureError(f"could not capture {type(model).__name__}: "
-                           f"{type(e).__name__}: {e}") from e
+        raise capture_error(model, tracker, e) from e
     gm = joint.graph_module
     forward = _forward_fx_nodes(gm)
     _drop_backward_clones(gm, forward)
     insert_variants(gm, forward)
-    return _label(gm, model, example_inputs)
+    return _label(gm, model, example_inputs, joint.out_spec, amp)
+
+
+def _dtype_of(name: str) -> torch.dtype:
+    return getattr(torch, name.replace("torch.", ""))
+
+
+@contextlib.contextmanager
+def _forward_under_autocast(model: torch.nn.Module, device_type: str, amp: str):
+    """Run only the model's forward under autocast, as a training loop does (``with
+    autocast: loss = ...`` then ``loss.backward()`` outside): tracing the backward under
+    autocast too would cast its float32 gradients down and differ from eager."""
+    own = model.__dict__.get("forward")
+    inner = model.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, dtype=_dtype_of(amp)):
+            return inner(*args, **kwargs)
+    model.forward = forward
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.forward
+        else:
+            model.forward = own
 
 
 def _drop_backward_clones(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
@@ -197,7 +256,8 @@ def _forward_fx_nodes(gm: fx.GraphModule) -> set[fx.Node]:
 
 
 def _label(gm: fx.GraphModule, model: torch.nn.Module,
-           example_inputs: tuple[torch.Tensor, ...]) -> CapturedGraph:
+           example_inputs: tuple[torch.Tensor, ...], out_spec: Any = None,
+           amp: str = "") -> CapturedGraph:
     graph_nodes = [n for n in gm.graph.nodes if n.op != "output"]
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     index = {n: i for i, n in enumerate(graph_nodes)}
@@ -206,8 +266,23 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
     storage_of: dict[Any, int] = {}  # StorageWeakRef -> id, valid among live meta values
     storage_bytes: dict[int, int] = {}
     records: list[NodeRecord] = []
+    # Tied parameters (a shared embedding and output weight) are one tensor in the model
+    # but one placeholder each in the graph: give them one storage.
+    param_ids = {name: id(p) for name, p in model.named_parameters(remove_duplicate=False)}
+    storage_of_param: dict[int, int] = {}
     for i, n in enumerate(graph_nodes):
         tensors = _tensors_of(n.meta.get("val"))
+        desc_kind = type(n.meta.get("desc")).__name__ if n.op == "placeholder" else ""
+        pid = param_ids.get(n.meta["desc"].target) if desc_kind == "ParamAOTInput" else None
+        if pid is not None and pid in storage_of_param and len(tensors) == 1:
+            sid = storage_of_param[pid]
+            storage_of[StorageWeakRef(tensors[0].untyped_storage())] = sid
+            role, desc = _placeholder_role(n.meta.get("desc"))
+            records.append(NodeRecord(
+                index=i, name=n.name, target=_target_name(n), role=role, inputs=[],
+                storages=[sid], new_storages=[], shape=list(tensors[0].shape),
+                dtype=str(tensors[0].dtype), desc=desc))
+            continue
         input_refs = {}
         for inp in n.all_input_nodes:
             for t in _tensors_of(inp.meta.get("val")):
@@ -224,6 +299,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
                 new.append(sid)
             if sid not in storages:
                 storages.append(sid)
+        if pid is not None and len(storages) == 1:
+            storage_of_param[pid] = storages[0]
         variant, site = "", -1
         if n.op == "placeholder":
             role, desc = _placeholder_role(n.meta.get("desc"))
@@ -286,7 +363,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         outputs=outputs, graph_hash="", input_shapes=[list(x.shape) for x in example_inputs],
         input_dtypes=[str(x.dtype) for x in example_inputs],
         input_requires_grad=[bool(x.requires_grad) for x in example_inputs],
-        dtype=dtype, device=device)
+        dtype=dtype, device=device, out_spec=out_spec, autocast=amp)
     captured.graph_hash = graph_hash(captured)
     log.info("captured %d nodes (%d forward, %d backward), hash %s", len(records),
              sum(r.role == FORWARD for r in records), sum(r.role == BACKWARD for r in records),
@@ -303,4 +380,16 @@ def graph_hash(captured: CapturedGraph) -> str:
                        r.shape, r.dtype, r.storages, r.new_storages, args)).encode())
     h.update(repr([(o.kind, o.node, o.target) for o in captured.outputs]).encode())
     h.update(repr((captured.device, captured.dtype, captured.input_requires_grad)).encode())
+    # Only what older graphs did not have, so that their hashes stay the same.
+    if captured.autocast:
+        h.update(f"autocast={captured.autocast}".encode())
+    if _nested_outputs(captured.out_spec):
+        h.update(f"outputs={captured.out_spec}".encode())
     return h.hexdigest()
+
+
+def _nested_outputs(spec: Any) -> bool:
+    """Whether outputs nest beyond one tensor or a flat tuple of tensors."""
+    if spec is None or spec.is_leaf():
+        return False
+    return not (spec.type is tuple and all(c.is_leaf() for c in spec.children()))

@@ -83,6 +83,7 @@ class Profile:
     nodes: list[NodeRecord]
     storage_bytes: dict[int, int]
     outputs: list[OutputRecord]
+    autocast: str = ""  # "" or the torch.autocast dtype the graph was captured under
     schema_version: int = PROFILE_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:

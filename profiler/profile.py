@@ -22,9 +22,12 @@ def device_name(device: torch.device | str) -> str:
 
 
 def profile_model(model: torch.nn.Module, inputs: Sequence[torch.Tensor], name: str = "",
-                  estimate: bool = False, repeats: int = 5) -> Profile:
-    """Capture ``model`` on ``inputs`` and time every node (measured unless ``estimate``)."""
-    captured = capture(model, inputs)
+                  estimate: bool = False, repeats: int = 5,
+                  autocast: torch.dtype | str | None = None) -> Profile:
+    """Capture ``model`` on ``inputs`` and time every node (measured unless ``estimate``).
+    With ``autocast`` (``torch.bfloat16``, ``"bf16"``, ...) the training step is captured
+    under ``torch.autocast`` with that dtype."""
+    captured = capture(model, inputs, autocast=autocast)
     return profile_captured(captured, model, inputs, name, estimate, repeats)
 
 
@@ -44,4 +47,5 @@ def profile_captured(captured: CapturedGraph, model: torch.nn.Module,
         dtype=captured.dtype, torch_version=torch.__version__.split("+")[0],
         input_shapes=captured.input_shapes, input_dtypes=captured.input_dtypes,
         timing="estimated" if estimate else "measured", nodes=captured.records,
-        storage_bytes=captured.storage_bytes, outputs=captured.outputs)
+        storage_bytes=captured.storage_bytes, outputs=captured.outputs,
+        autocast=captured.autocast)

@@ -117,6 +117,12 @@ def measure_times(captured: CapturedGraph, model: torch.nn.Module,
                     val = n.meta["val"]
                     env[r.index] = torch.ones(val.shape, dtype=val.dtype, device=device)
                     continue
+                if n.op == "get_attr":  # a lifted tensor constant
+                    value = n.graph.owning_module
+                    for part in n.target.split("."):
+                        value = getattr(value, part)
+                    env[r.index] = value
+                    continue
                 if n.op != "call_function":
                     continue
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs),

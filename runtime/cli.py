@@ -44,7 +44,7 @@ def _profile(args: argparse.Namespace) -> None:
     model, inputs = load_model(args.model, inputs=args.input or (), batch=args.batch,
                                image_size=args.image_size, device=args.device, seed=args.seed)
     profile = profile_model(model, inputs, name=args.model, estimate=args.estimate,
-                            repeats=args.repeats)
+                            repeats=args.repeats, autocast=args.autocast)
     profile.save(args.output)
     from planner.budget import format_bytes
     from planner.schedule import baseline_decisions
@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimate times from FLOPs and bytes instead of measuring them")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats per node")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--autocast", choices=["bf16", "fp16"],
+                   help="capture the step under torch.autocast with this dtype (train the "
+                        "planned model under the same autocast)")
     p.add_argument("-o", "--output", default="profile.json")
     p.set_defaults(run=_profile)
 

@@ -82,6 +82,11 @@ class Executor:
                                        lambda a: env[a.meta["monet_index"]])
         if node.target is operator.getitem:
             return args[0][args[1]]
+        if node.op == "get_attr":  # a tensor constant the trace lifted (Swin's masks)
+            value = node.graph.owning_module
+            for part in node.target.split("."):
+                value = getattr(value, part)
+            return value
         return node.target(*args, **kwargs)
 
     def _replay(self, node: fx.Node, env: dict[int, Any], state: Any) -> Any:

@@ -7,10 +7,13 @@ recomputations the plan prescribes) and hands parameter gradients to autograd, w
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 from planner.graph import PlannerGraph
 from planner.plan import Plan
@@ -42,6 +45,9 @@ def _check_plan(plan: Plan, captured: CapturedGraph, model: torch.nn.Module) -> 
         differences.append(f"device: plan {plan.device_name}, model {device_name(device)}")
     if plan.dtype != captured.dtype:
         differences.append(f"dtype: plan {plan.dtype}, model {captured.dtype}")
+    if plan.autocast != captured.autocast:
+        differences.append(f"autocast: plan {plan.autocast or 'off'}, model "
+                           f"{captured.autocast or 'off'}")
     if plan.graph_hash != captured.graph_hash:
         targets = [r.target for r in captured.records]
         if len(targets) != len(plan.graph_targets):
@@ -62,15 +68,19 @@ def _check_plan(plan: Plan, captured: CapturedGraph, model: torch.nn.Module) -> 
 class _PlannedFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: "PlanRunner", *flat: torch.Tensor):  # type: ignore[override]
-        outputs, saved, extra = runner.run_forward(flat)
+        with runner.no_autocast():
+            outputs, saved, extra = runner.run_forward(flat)
         ctx.runner = runner
         ctx.extra = extra
         ctx.save_for_backward(*saved)
-        return outputs if len(outputs) > 1 else outputs[0]
+        ctx.mark_non_differentiable(*(o for o, t in zip(outputs, runner.output_tangents)
+                                      if t is None))
+        return outputs
 
     @staticmethod
     def backward(ctx, *grad_outputs: torch.Tensor):  # type: ignore[override]
-        grads = ctx.runner.run_backward(ctx.saved_tensors, ctx.extra, grad_outputs)
+        with ctx.runner.no_autocast():
+            grads = ctx.runner.run_backward(ctx.saved_tensors, ctx.extra, grad_outputs)
         return (None, *grads)
 
 
@@ -89,9 +99,19 @@ class PlanRunner:
         self.param_nodes = [r.index for r in recs if r.role == PARAM]
         self.input_nodes = sorted((r for r in recs if r.role == INPUT), key=lambda r: int(r.desc))
         self.buffer_nodes = [r.index for r in recs if r.role == BUFFER]
-        self.tangent_nodes = [r.index for r in recs if r.role == TANGENT]
         self.user_outputs = [o.node for o in sorted(
             (o for o in captured.outputs if o.kind == "user"), key=lambda o: int(o.target))]
+        # The tangent (gradient placeholder) of each user output, None where the output
+        # needs no gradient; tangents name their output as PlainAOTOutput(idx=k).
+        by_output = {}
+        for r in recs:
+            if r.role == TANGENT:
+                m = re.search(r"idx=(\d+)", r.desc)
+                if m is None:
+                    raise CaptureError(f"gradient input {r.desc!r} names no model output")
+                by_output[int(m.group(1))] = r.index
+        positions = sorted(int(o.target) for o in captured.outputs if o.kind == "user")
+        self.output_tangents = [by_output.get(k) for k in positions]
         self.mutations = [(o.node, o.target) for o in captured.outputs if o.kind == "mutation"]
         grads = {o.target: o.node for o in captured.outputs if o.kind == "grad"}
         self.grad_nodes = [grads.get(recs[i].desc) for i in self.param_nodes] + \
@@ -102,6 +122,11 @@ class PlanRunner:
         self.snapshot_buffers = [i for i in self.buffer_nodes
                                  if recs[i].desc in mutated and i in read_later]
         self.rng_nodes = set(self.schedule.rng_nodes)
+
+    def no_autocast(self) -> contextlib.AbstractContextManager:
+        """The graph already holds the casts autocast made at capture: run its ops as they
+        are, whatever autocast state the caller's region has."""
+        return torch.autocast(self.captured.device, enabled=False)
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -156,7 +181,9 @@ class PlanRunner:
             env[i] = extra["snapshots"].get(i, b)
         for i, t in zip(self.schedule.saved, saved):
             env[i] = t
-        for i, g in zip(self.tangent_nodes, grad_outputs):
+        for i, g in zip(self.output_tangents, grad_outputs):
+            if i is None:
+                continue
             traced = self.captured.nodes[i].meta["val"]
             if g.stride() != traced.stride():
                 g = torch.empty_strided(traced.shape, traced.stride(), dtype=g.dtype,
@@ -180,7 +207,7 @@ class PlannedModule(torch.nn.Module):
         examples = tuple(torch.zeros(s, dtype=_dtype(d), device=device)
                          for s, d in zip(plan.input_shapes, plan.input_dtypes))
         try:
-            captured = capture(module, examples)
+            captured = capture(module, examples, autocast=plan.autocast or None)
         except CaptureError as e:
             raise PlanMismatchError(f"plan {plan.model} does not fit this model: it cannot run "
                                     f"on the plan's inputs {plan.input_shapes}: {e}") from e
@@ -195,6 +222,13 @@ class PlannedModule(torch.nn.Module):
     def forward(self, *inputs: torch.Tensor):
         if not (self.training and torch.is_grad_enabled()):
             return self.module(*inputs)
+        device = self.runner.captured.device
+        amp = str(torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else ""
+        if amp != self.plan.autocast:
+            raise PlanMismatchError(
+                f"the plan was captured {_amp_text(self.plan.autocast)} but the model is "
+                f"called {_amp_text(amp)}: profile and solve with the same autocast setting "
+                "(monet profile --autocast bf16|fp16)")
         shapes = [list(x.shape) for x in inputs]
         dtypes = [str(x.dtype) for x in inputs]
         if shapes != self.plan.input_shapes or dtypes != self.plan.input_dtypes:
@@ -203,7 +237,12 @@ class PlannedModule(torch.nn.Module):
                                     "profile and solve for this input")
         if any(x.requires_grad for x in inputs) != any(self.runner.captured.input_requires_grad):
             raise PlanMismatchError("whether the input requires grad differs from the plan")
-        return _PlannedFunction.apply(self.runner, *self.runner.params, *inputs)
+        flat = _PlannedFunction.apply(self.runner, *self.runner.params, *inputs)
+        return pytree.tree_unflatten(list(flat), self.runner.captured.out_spec)
+
+
+def _amp_text(amp: str) -> str:
+    return f"under torch.autocast({amp})" if amp else "without autocast"
 
 
 def load_plan(model: torch.nn.Module, plan: str | Plan) -> PlannedModule:
