@@ -24,6 +24,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import write_atomic  # noqa: E402
 from planner import solve  # noqa: E402
 from planner.backends import SolveOptions, solve_problem  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
@@ -110,10 +111,7 @@ def main() -> None:
                            args.variants):
             rows.append(row)
             log.info("%s", row)
-            tmp = args.output + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(render(rows, args))
-            os.replace(tmp, args.output)
+            write_atomic(args.output, render(rows, args))
 
 
 if __name__ == "__main__":

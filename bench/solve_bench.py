@@ -25,6 +25,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import write_atomic  # noqa: E402
 from planner import InfeasibleBudgetError, solve  # noqa: E402
 from planner.backends import SolveOptions  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
@@ -117,10 +118,7 @@ def main() -> None:
         for row in bench_model(config, args.solvers, args.time_limit, args.variants):
             rows.append(row)
             log.info("%s", row)
-            tmp = args.output + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(render(rows, args))
-            os.replace(tmp, args.output)
+            write_atomic(args.output, render(rows, args))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.common import write_atomic  # noqa: E402
 from planner import InfeasibleBudgetError, smallest_feasible_budget, solve  # noqa: E402
 from planner.backends import SolveOptions  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
@@ -145,10 +146,7 @@ def write_report(path: str, rows, records, time_limit: float) -> None:
         lines.append(f"| {name} | {format_bytes(low_ck)} ({low_ck / peak:.1%}) | "
                      f"{format_bytes(low_va)} ({low_va / peak:.1%}) |")
     lines += ["", "```json", json.dumps(records, indent=1), "```", ""]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write("\n".join(lines))
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(lines))
     log.info("wrote %s", path)
 
 
