@@ -103,6 +103,12 @@ class PlanRunner:
                                  if recs[i].desc in mutated and i in read_later]
         self.rng_nodes = set(self.schedule.rng_nodes)
 
+    def _no_autocast(self) -> torch.autocast:
+        """The captured graph already holds the casts autocast made when it was captured
+        (a plan for a bf16-autocast step is captured inside autocast): its ATen ops run as
+        recorded, without autocast casting them again."""
+        return torch.autocast(device_type=self.captured.device, enabled=False)
+
     @property
     def params(self) -> list[torch.Tensor]:
         named = dict(self.module.named_parameters(remove_duplicate=False))
@@ -131,7 +137,8 @@ class PlanRunner:
                 with torch.no_grad():
                     buffers[mutations[node]].copy_(value)
 
-        ex.run(self.schedule.forward, env, self.rng_nodes, before_free=update_buffer)
+        with self._no_autocast():
+            ex.run(self.schedule.forward, env, self.rng_nodes, before_free=update_buffer)
         for node in mutations:
             if node in env:  # updates the backward reads too are held, not freed
                 update_buffer(node, env[node])
@@ -162,7 +169,8 @@ class PlanRunner:
                 g = torch.empty_strided(traced.shape, traced.stride(), dtype=g.dtype,
                                         device=g.device).copy_(g)
             ex.put(env, i, g)
-        ex.run(self.schedule.backward, env)
+        with self._no_autocast():
+            ex.run(self.schedule.backward, env)
         return [None if n is None else env[n] for n in self.grad_nodes]
 
 
