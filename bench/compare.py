@@ -78,6 +78,8 @@ def _constant_bytes(step: torch.nn.Module, inputs) -> int:
 def profile_phase(args) -> None:
     """Measure each model's eager step and profile its joint graph on the device."""
     device = _device(args)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # the algorithms (and workspaces) of the run
     meta_path = os.path.join(args.out, "eager.json")
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
     for key in args.models:
