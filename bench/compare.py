@@ -246,13 +246,16 @@ def run_phase(args, info: RunInfo) -> list[Row]:
 
 def report_phase(args) -> None:
     """Merge the JSON of several partial runs into one table and plot."""
-    info, rows = None, []
+    info, rows, seen = None, [], set()
     for path in args.inputs:
         i, r = load_json(path)
         info = info or i
         if i.device_name != info.device_name:
             raise SystemExit(f"{path} was measured on {i.device_name}, not {info.device_name}")
-        rows += r
+        # A method measured in two runs (eager, run beside each group as its baseline) keeps
+        # its first row; each row's overhead is against the eager step of its own run.
+        rows += [row for row in r if (row.model, row.method) not in seen]
+        seen.update((row.model, row.method) for row in r)
     write_results(args.out, info, rows)
     save_json(os.path.join(args.out, "compare.json"), info, rows,
               {"merged_from": [os.path.basename(p) for p in args.inputs]})

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow  # about 40 s on a shared 2-core machine
 def test_compare_all_small_on_cpu(tmp_path):
     out = tmp_path / "results"
     cmd = [sys.executable, os.path.join(ROOT, "bench", "compare.py"), "all", "--device", "cpu",
