@@ -48,6 +48,7 @@ from measure import free_memory, grad_difference, measure_step, resident_bytes  
 from report import Row, RunInfo, load_json, save_json, write_atomic, write_results  # noqa: E402
 
 from profiler import Profile, capture, device_name, profile_captured  # noqa: E402
+from profiler.allocator import allocator_bytes  # noqa: E402
 
 FRACTIONS = ("1/2", "1/3", "1/4")
 log = logging.getLogger("bench.compare")
@@ -71,8 +72,10 @@ def _fraction(text: str) -> float:
 
 
 def _constant_bytes(step: torch.nn.Module, inputs) -> int:
-    tensors = [*step.parameters(), *step.buffers(), *inputs]
-    return sum(t.untyped_storage().nbytes() for t in tensors)
+    """Allocator bytes of the distinct storages of parameters, buffers and inputs."""
+    storages = {t.untyped_storage().data_ptr(): (t.untyped_storage().nbytes(), t.device)
+                for t in [*step.parameters(), *step.buffers(), *inputs]}
+    return sum(allocator_bytes(n, d) for n, d in storages.values())
 
 
 def profile_phase(args) -> None:
@@ -193,6 +196,11 @@ def _run_one(bench, name, make, context, entry, pristine, inputs, device, args, 
     with context() if context else contextlib.nullcontext():
         m = measure_step(module, inputs, device, autocast, warmup=args.warmup, steps=args.steps,
                          keep_grads=True)
+    if entry is not None and device.type == "cuda":
+        free_memory(device)
+        library = resident_bytes(device) - _constant_bytes(module, inputs)
+        row.note += (f", library bytes {library / 2**20:.1f} MiB now, "
+                     f"{entry['library_bytes'] / 2**20:.1f} MiB when profiled")
     row.peak_allocated, row.peak_reserved = m.peak_allocated, m.peak_reserved
     row.step_s, row.loss = m.step_s, m.loss
     if row.predicted_peak:
