@@ -21,6 +21,7 @@ from torch._export.utils import _compiling_state_context
 from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from .allocator import allocator_bytes
 from .capture_errors import CaptureError, ModuleTracker, capture_error
 from .ir import (
     BACKWARD,
@@ -294,7 +295,9 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
                 sid = storage_of[ref]
             else:
                 sid = len(storage_bytes)
-                storage_bytes[sid] = int(t.untyped_storage().nbytes())
+                # The allocator's bytes (rounded to 512 on CUDA): what the device's
+                # memory statistics count.
+                storage_bytes[sid] = allocator_bytes(t.untyped_storage().nbytes(), t.device)
                 storage_of[ref] = sid
                 new.append(sid)
             if sid not in storages:
@@ -319,7 +322,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
             new_storages=new if n.op != "placeholder" else [], shape=shape,
             dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),
             desc=desc, variant=variant, site=site,
-            workspace_bytes=int(n.meta.get("monet_workspace", 0))))
+            workspace_bytes=allocator_bytes(n.meta.get("monet_workspace", 0),
+                                            tensors[0].device if tensors else "cpu")))
 
     outputs = []
     for arg, desc in zip(output_node.args[0], output_node.meta.get("desc", [])):

@@ -8,7 +8,7 @@ import torch
 
 from .capture import CapturedGraph, capture
 from .ir import Profile
-from .timing import estimate_times, measure_times
+from .timing import estimate_times, measure_nodes
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,14 @@ def profile_captured(captured: CapturedGraph, model: torch.nn.Module,
     """Time the nodes of an already captured graph and return its Profile."""
     dev = next(iter(model.parameters())).device
     estimated = estimate_times(captured, dev.type)  # also fills in FLOPs
-    times = estimated if estimate else measure_times(captured, model, inputs, repeats)
+    measured = None if estimate else measure_nodes(captured, model, inputs, repeats)
+    times = estimated if measured is None else measured.times
     for r, t in zip(captured.records, times):
         r.time_s = float(t)
+    if measured is not None and measured.workspace is not None:
+        # On CUDA: the allocator's measured workspace, or a variant's declared one if larger.
+        for r, w in zip(captured.records, measured.workspace):
+            r.workspace_bytes = max(r.workspace_bytes, int(w))
     log.info("profiled %s: %d nodes, %s times", name, len(captured.records),
              "estimated" if estimate else "measured")
     return Profile(

@@ -97,18 +97,44 @@ def bind_inputs(captured: CapturedGraph, model: torch.nn.Module,
     return env
 
 
+@dataclass
+class NodeMeasurements:
+    """What running every node on the real tensors gave: median seconds per node, and on
+    CUDA the workspace bytes per node (``None`` elsewhere)."""
+
+    times: list[float]
+    workspace: list[int] | None = None
+
+
 def measure_times(captured: CapturedGraph, model: torch.nn.Module,
                   inputs: Sequence[torch.Tensor], repeats: int = 5,
-                  warmup: int = 1) -> list[float]:
-    """Median wall time of every node, running the joint graph on the real tensors.
+                  warmup: int | None = None) -> list[float]:
+    """Median wall time of every node (see ``measure_nodes``)."""
+    return measure_nodes(captured, model, inputs, repeats, warmup).times
 
-    On CUDA each node is timed with CUDA events; on the CPU with a monotonic clock. The
-    global RNG state is restored afterwards, and buffers are not updated (the graph is
-    functional).
+
+def measure_nodes(captured: CapturedGraph, model: torch.nn.Module,
+                  inputs: Sequence[torch.Tensor], repeats: int = 5,
+                  warmup: int | None = None) -> NodeMeasurements:
+    """Run the joint graph on the real tensors ``warmup + repeats`` times and time every node.
+
+    Each node's time is the median over the ``repeats`` runs after ``warmup`` ones (default
+    2 on CUDA, so that cuDNN's benchmark search and lazy library initialisation fall in the
+    warm-up, and 1 on the CPU). On CUDA each node is timed with CUDA events, and its
+    workspace is read from the allocator's statistics: the peak of
+    ``torch.cuda.max_memory_allocated`` while the node runs, less what is allocated once it
+    has returned (the bytes live before it plus its outputs); the largest over the timed
+    runs. On the CPU nodes are timed with a monotonic clock and no workspace is measured.
+    Values are dropped after their last reader, so the run holds no more than the graph
+    needs. The global RNG state is restored afterwards, and buffers are not updated (the
+    graph is functional).
     """
     device = next(iter(model.parameters())).device
     cuda = device.type == "cuda"
+    warmup = (2 if cuda else 1) if warmup is None else warmup
+    last_use = _last_readers(captured)
     samples: list[list[float]] = [[] for _ in captured.records]
+    workspace = [0] * len(captured.records)
     with torch.random.fork_rng(devices=[device] if cuda else []), torch.no_grad():
         for rep in range(warmup + repeats):
             env = bind_inputs(captured, model, inputs)
@@ -127,11 +153,36 @@ def measure_times(captured: CapturedGraph, model: torch.nn.Module,
                     continue
                 args, kwargs = fx.node.map_arg((n.args, n.kwargs),
                                                lambda a: env[a.meta["monet_index"]])
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
                 elapsed = _time_call(n.target, args, kwargs, cuda, env, r.index)
                 if rep >= warmup:
                     samples[r.index].append(elapsed)
-    return [0.0 if (not s or r.is_alias) else statistics.median(s)
-            for s, r in zip(samples, captured.records)]
+                    if cuda:
+                        extra = torch.cuda.max_memory_allocated(device) - \
+                            torch.cuda.memory_allocated(device)
+                        workspace[r.index] = max(workspace[r.index], extra)
+                del args, kwargs
+                for i in last_use[r.index]:
+                    env.pop(i, None)
+    times = [0.0 if (not s or r.is_alias) else statistics.median(s)
+             for s, r in zip(samples, captured.records)]
+    return NodeMeasurements(times, workspace if cuda else None)
+
+
+def _last_readers(captured: CapturedGraph) -> list[list[int]]:
+    """Per node: the computed values whose last reader it is (or, for a value no node
+    reads, the node itself), to be dropped once it has run. Placeholders stay."""
+    last = {r.index: r.index for r in captured.records if r.role not in
+            (PARAM, BUFFER, INPUT)}
+    for r in captured.records:
+        for i in r.inputs:
+            if i in last:
+                last[i] = max(last[i], r.index)
+    drop: list[list[int]] = [[] for _ in captured.records]
+    for value, reader in last.items():
+        drop[reader].append(value)
+    return drop
 
 
 def _time_call(fn: Callable, args, kwargs, cuda: bool, env: dict, index: int) -> float:

@@ -14,11 +14,13 @@ import torch
 import torch.fx as fx
 
 from planner.schedule import Step
+from profiler.allocator import allocator_bytes
 
 
 @dataclass
 class MemoryCounter:
-    """Bytes of the distinct storages referenced by the executor's values."""
+    """Bytes of the distinct storages referenced by the executor's values, as the device's
+    allocator counts them (``profiler.allocator.allocator_bytes``)."""
 
     live: int = 0
     peak: int = 0
@@ -36,7 +38,7 @@ class MemoryCounter:
         keys: dict[int, int] = {}
         for t in self._tensors(value):
             st = t.untyped_storage()
-            keys[st.data_ptr()] = st.nbytes()
+            keys[st.data_ptr()] = allocator_bytes(st.nbytes(), t.device)
         return keys
 
     def add(self, value: Any) -> None:
