@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Sequence
 
@@ -161,6 +161,7 @@ def run_sweep(profile: Profile, budgets: Sequence[str | int | float], out_dir: s
                          baseline_peak_bytes=base.peak_bytes, baseline_time_s=base.time_s,
                          csv_path=os.path.join(out_dir, "sweep.csv"))
     hints: list[Decisions] = []
+    plans: dict[int, tuple[Plan, str]] = {}  # budget bytes -> its plan and file
     smallest: int | None = None
     solved_s, solved_n = 0.0, 0
     for i, (budget_bytes, spec) in enumerate(todo):
@@ -203,7 +204,45 @@ def run_sweep(profile: Profile, budgets: Sequence[str | int | float], out_dir: s
             smallest = min(smallest or row.smallest_feasible_bytes, row.smallest_feasible_bytes)
         result.rows.append(row)
         write_csv(result.csv_path, result.rows)
+        if plan is not None:
+            plans[budget_bytes] = (plan, plan_path)
+    if _share_faster_plans(plans, result.rows, base.time_s):
+        write_csv(result.csv_path, result.rows)
     return result
+
+
+def _share_faster_plans(plans: dict[int, tuple[Plan, str]], rows: list[SweepRow],
+                        baseline_time_s: float) -> bool:
+    """A plan that fits a larger budget and is faster than that budget's own plan (time-
+    limited solves of neighbouring budgets can find such plans) replaces it: every budget
+    ends with the fastest plan of the sweep within it. The replacement records which budget
+    it was solved for, and no bound or gap (those were another problem's). Returns whether
+    anything changed."""
+    changed = False
+    for row in rows:
+        own = plans.get(row.budget_bytes)
+        if own is None:
+            continue
+        fitting = [p for p, _ in plans.values()
+                   if p.predicted_peak_bytes <= row.budget_bytes]
+        best = min(fitting, key=lambda p: p.predicted_time_s)
+        plan, path = own
+        if best.predicted_time_s >= plan.predicted_time_s:
+            continue
+        log.info("budget %s: the plan of budget %s is faster (%+.2f%% against %+.2f%%)",
+                 row.budget, best.budget_spec, 100 * (best.predicted_time_s /
+                                                      baseline_time_s - 1),
+                 100 * (plan.predicted_time_s / baseline_time_s - 1))
+        shared = replace(best, budget_bytes=plan.budget_bytes, budget_spec=plan.budget_spec,
+                         solver=replace(best.solver, status=f"from budget {best.budget_spec}",
+                                        bound=None, gap=None))
+        shared.save(path)
+        plans[row.budget_bytes] = (shared, path)
+        new = _row_of(shared, row.budget, path, baseline_time_s)
+        new.solve_time_s, new.resumed = row.solve_time_s, row.resumed
+        row.__dict__.update(new.__dict__)
+        changed = True
+    return changed
 
 
 def _row_of(plan: Plan, spec: str, path: str, baseline_time_s: float) -> SweepRow:

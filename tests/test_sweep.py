@@ -257,3 +257,33 @@ def test_train_resnet_example_runs():
                        capture_output=True, text=True, cwd=ROOT, env=ENV, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "step 0: loss" in r.stderr
+
+
+def test_a_faster_plan_of_a_smaller_budget_serves_the_larger_one(tmp_path):
+    """Every budget ends with the fastest plan of the sweep that fits it: a slow plan for
+    0.8 is replaced by the faster plan solved for 0.7, saved under 0.8's budget."""
+    from conftest import model_case
+    from planner.backends import SolveOptions
+    from planner.heuristic import checkpoint_decisions
+    from planner.plan import Plan
+    from planner.solve import plan_for, planner_graph, solve
+    from planner.sweep import SweepRow, _share_faster_plans
+
+    profile = model_case("gpt").profile
+    graph = planner_graph(profile)
+    fast = solve(profile, 0.7, options=SolveOptions(time_limit_s=5))
+    slow = plan_for(profile, checkpoint_decisions(graph, set()), budget=0.8)  # recompute all
+    assert slow.predicted_time_s > fast.predicted_time_s
+    paths = {b: str(tmp_path / f"plan_{b}.json") for b in ("0.8", "0.7")}
+    slow.save(paths["0.8"])
+    fast.save(paths["0.7"])
+    plans = {slow.budget_bytes: (slow, paths["0.8"]), fast.budget_bytes: (fast, paths["0.7"])}
+    rows = [SweepRow("0.8", slow.budget_bytes, status="given"),
+            SweepRow("0.7", fast.budget_bytes, status=fast.solver.status)]
+    assert _share_faster_plans(plans, rows, fast.baseline_time_s)
+    shared = Plan.load(paths["0.8"])
+    assert shared.budget_bytes == slow.budget_bytes
+    assert shared.predicted_time_s == fast.predicted_time_s == rows[0].predicted_time_s
+    assert shared.solver.status.startswith("from budget") and shared.solver.gap is None
+    assert Plan.load(paths["0.7"]).predicted_time_s == fast.predicted_time_s  # unchanged
+    assert not _share_faster_plans(plans, rows, fast.baseline_time_s)  # idempotent
