@@ -219,12 +219,12 @@ def _share_faster_plans(plans: dict[int, tuple[Plan, str]], rows: list[SweepRow]
     it was solved for, and no bound or gap (those were another problem's). Returns whether
     anything changed."""
     changed = False
+    solved = [p for p, _ in plans.values() if not p.solver.status.startswith("from budget")]
     for row in rows:
         own = plans.get(row.budget_bytes)
         if own is None:
             continue
-        fitting = [p for p, _ in plans.values()
-                   if p.predicted_peak_bytes <= row.budget_bytes]
+        fitting = [p for p in solved if p.predicted_peak_bytes <= row.budget_bytes] or [own[0]]
         best = min(fitting, key=lambda p: p.predicted_time_s)
         plan, path = own
         if best.predicted_time_s >= plan.predicted_time_s:
