@@ -5,6 +5,12 @@ profile each (FLOP-estimated unless run on a GPU), then for budgets of 1/2, 1/3 
 the unoptimised peak the predicted step time with checkpointing only and with variants,
 and the smallest feasible budget with and without variants. The variant solve is also
 given the checkpoint-only plan as a starting point, so it can only be better or equal.
+Checkpointing only is solved on the graph eager autograd runs (``rewrite_backward=False``);
+with variants, on the planner's graph, whose convolution backward is split into weight and
+input gradients (``profiler.split_backward``) and whose gradient sums are written into a
+dead summand (``profiler.inplace_backward``). Forward
+nodes and stages are the same in both, so a plan of one is a starting point in the other;
+overheads are against the fused graph's unoptimised step.
 
     python bench/variants.py                 # writes bench/results/variants.md
     python bench/variants.py --models gpt --time-limit 30
@@ -41,17 +47,20 @@ FRACTIONS = (1 / 2, 1 / 3, 1 / 4)
 log = logging.getLogger("bench")
 
 
-def get_profile(name: str, profile_dir: str) -> Profile:
-    """The model's profile from ``profile_dir``, made (FLOP-estimated on the CPU) if absent."""
+def get_profile(name: str, profile_dir: str, rewrite_backward: bool = True) -> Profile:
+    """The model's profile from ``profile_dir``, made (FLOP-estimated on the CPU) if absent;
+    with ``rewrite_backward=False`` always made, as the graph eager autograd runs."""
     spec, kwargs, stem = MODELS[name]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     path = os.path.join(profile_dir, f"{stem}.{'measured' if device == 'cuda' else 'estimated'}"
                         ".json")
-    if os.path.exists(path):
+    if rewrite_backward and os.path.exists(path):
         return Profile.load(path)
     model, inputs = load_model(spec, device=device, **kwargs)
-    profile = profile_model(model, inputs, name=spec, estimate=device == "cpu")
-    profile.save(path)
+    profile = profile_model(model, inputs, name=spec, estimate=device == "cpu",
+                            rewrite_backward=rewrite_backward)
+    if rewrite_backward:
+        profile.save(path)
     return profile
 
 
@@ -77,13 +86,14 @@ def main() -> None:
     rows, records = [], []
     for name in args.models:
         profile = get_profile(name, args.profiles)
-        base = solve(profile, 1.0, options=plain)
+        fused = get_profile(name, args.profiles, rewrite_backward=False)
+        base = solve(fused, 1.0, options=plain)
         peak, t_base = base.baseline_peak_bytes, base.baseline_time_s
         log.info("%s: unoptimised peak %s, %d nodes", name, format_bytes(peak),
                  len(profile.nodes))
         for frac in FRACTIONS:
             budget = int(peak * frac)
-            ck, ck_s = solve_row(profile, budget, plain)
+            ck, ck_s = solve_row(fused, budget, plain)
             hints = [ck.decisions()] if ck is not None else []
             va, va_s = solve_row(profile, budget, with_variants, hints)
             rec = {"model": name, "fraction": frac, "budget": budget}
@@ -98,7 +108,7 @@ def main() -> None:
         # The smallest budget with a plan: the planner's search, or any plan above.
         found = {tag: [r[tag]["peak"] for r in records if r.get("model") == name
                        and r.get(tag)] for tag in ("checkpoint", "variants")}
-        low_ck, _ = smallest_feasible_budget(profile, options=plain)
+        low_ck, _ = smallest_feasible_budget(fused, options=plain)
         low_ck = min([low_ck] + found["checkpoint"])
         low_va, _ = smallest_feasible_budget(profile, options=with_variants)
         low_va = min([low_va] + found["variants"])

@@ -35,6 +35,8 @@ from .ir import (
     NodeRecord,
     OutputRecord,
 )
+from .inplace_backward import INPLACE_META, add_backward_in_place
+from .split_backward import split_convolution_backward
 from .variants import VARIANT_META, insert_variants
 
 log = logging.getLogger(__name__)
@@ -152,7 +154,8 @@ def _is_random(node: fx.Node) -> bool:
 
 
 def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
-            autocast: torch.dtype | str | None = None) -> CapturedGraph:
+            autocast: torch.dtype | str | None = None,
+            rewrite_backward: bool = True) -> CapturedGraph:
     """Trace ``model(*example_inputs)`` and its backward into one labelled joint graph.
 
     Runs with fake tensors: nothing is computed and the model's buffers are not touched.
@@ -161,7 +164,11 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
     traced under ``torch.autocast``, so the graph holds the casts autocast makes. Like
     ``torch.export``, the capture runs with ``torch.compiler.is_compiling()`` true, which
     lets libraries skip checks that would read tensor values. What cannot be traced raises
-    :class:`CaptureError` naming the module, the op and the line.
+    :class:`CaptureError` naming the module, the op and the line. ``rewrite_backward=False``
+    leaves the backward as eager autograd runs it: convolution backward nodes fused
+    (``profiler.split_backward``) and gradient sums allocated anew
+    (``profiler.inplace_backward``). It exists to measure those rewrites; the runtime
+    re-captures with the default and refuses plans made from such a graph.
     """
     example_inputs = tuple(example_inputs)
     if not all(isinstance(x, torch.Tensor) for x in example_inputs):
@@ -187,7 +194,11 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
     gm = joint.graph_module
     forward = _forward_fx_nodes(gm)
     _drop_backward_clones(gm, forward)
+    if rewrite_backward:
+        split_convolution_backward(gm, forward)
     insert_variants(gm, forward)
+    if rewrite_backward:
+        add_backward_in_place(gm, forward)
     return _label(gm, model, example_inputs, joint.out_spec, amp)
 
 
@@ -323,7 +334,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
             dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),
             desc=desc, variant=variant, site=site,
             workspace_bytes=allocator_bytes(n.meta.get("monet_workspace", 0),
-                                            tensors[0].device if tensors else "cpu")))
+                                            tensors[0].device if tensors else "cpu"),
+            writes_into=index[n.meta[INPLACE_META]] if INPLACE_META in n.meta else -1))
 
     outputs = []
     for arg, desc in zip(output_node.args[0], output_node.meta.get("desc", [])):

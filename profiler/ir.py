@@ -32,7 +32,8 @@ class NodeRecord:
 
     ``storages`` are the ids of every storage the node's value references (all outputs of a
     multi-output op); ``new_storages`` those it allocates. A node with no new storages is an
-    alias (view, getitem, detach) and is free to re-run.
+    alias (view, getitem, detach) and is free to re-run, unless it computes its value into
+    an input's storage (``writes_into``, see ``profiler.inplace_backward``).
     """
 
     index: int
@@ -52,10 +53,11 @@ class NodeRecord:
     variant: str = ""  # for variant nodes: the variant's registered name
     site: int = -1  # for variant nodes: the backward node the variant replaces
     workspace_bytes: int = 0  # temporary bytes while the node runs, beyond its outputs
+    writes_into: int = -1  # an in-place node: the input whose storage it writes its value to
 
     @property
     def is_alias(self) -> bool:
-        return not self.new_storages
+        return not self.new_storages and self.writes_into < 0
 
 
 @dataclass

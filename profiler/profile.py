@@ -23,11 +23,12 @@ def device_name(device: torch.device | str) -> str:
 
 def profile_model(model: torch.nn.Module, inputs: Sequence[torch.Tensor], name: str = "",
                   estimate: bool = False, repeats: int = 5,
-                  autocast: torch.dtype | str | None = None) -> Profile:
+                  autocast: torch.dtype | str | None = None,
+                  rewrite_backward: bool = True) -> Profile:
     """Capture ``model`` on ``inputs`` and time every node (measured unless ``estimate``).
     With ``autocast`` (``torch.bfloat16``, ``"bf16"``, ...) the training step is captured
-    under ``torch.autocast`` with that dtype."""
-    captured = capture(model, inputs, autocast=autocast)
+    under ``torch.autocast`` with that dtype. ``rewrite_backward`` as in ``capture``."""
+    captured = capture(model, inputs, autocast=autocast, rewrite_backward=rewrite_backward)
     return profile_captured(captured, model, inputs, name, estimate, repeats)
 
 

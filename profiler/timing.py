@@ -15,6 +15,7 @@ import torch
 import torch.fx as fx
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import variant_ops
 from .capture import CapturedGraph
 from .ir import BUFFER, INPUT, PARAM, TANGENT
 
@@ -37,6 +38,11 @@ DEVICE_MODELS = {
 }
 
 
+def _is_variant_op(target: object) -> bool:
+    """A function of ``profiler.variant_ops``: its aten calls are counted like any op's."""
+    return getattr(target, "__module__", None) == variant_ops.__name__
+
+
 def count_flops(captured: CapturedGraph) -> list[int]:
     """FLOPs of every node, from torch.utils.flop_counter run on the fake tensors."""
     flops = [0] * len(captured.nodes)
@@ -47,7 +53,8 @@ def count_flops(captured: CapturedGraph) -> list[int]:
             fake_mode = val.fake_mode
             break
     for n, r in zip(captured.nodes, captured.records):
-        if n.op != "call_function" or r.is_alias or not isinstance(n.target, torch._ops.OpOverload):
+        if n.op != "call_function" or r.is_alias or not (
+                isinstance(n.target, torch._ops.OpOverload) or _is_variant_op(n.target)):
             continue
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("val"))
         counter = FlopCounterMode(display=False)

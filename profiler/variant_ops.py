@@ -204,3 +204,26 @@ def max_pool2d_backward_from_compact(grad: Tensor, compact: Tensor, input_shape:
     grad_input = grad.new_zeros((planes, height * width))
     grad_input.scatter_add_(1, flat, grad.reshape(planes, -1))
     return grad_input.view(input_shape)
+
+
+def convolution_backward_input(
+    grad: Tensor, weight: Tensor, input_size: list[int], input_dtype: torch.dtype,
+    stride: list[int], padding: list[int], dilation: list[int], transposed: bool,
+    output_padding: list[int], groups: int,
+) -> Tensor:
+    """The input gradient of ``aten.convolution_backward`` without the forward input.
+
+    The input gradient depends on the input's shape only; a zero-stride stand-in of that
+    shape (one element of memory) takes the input's place, so the input can be freed once
+    the weight gradient has been computed. The same aten kernel runs with the same
+    ``output_mask[0]``: bit-identical to the input gradient of the fused call.
+    """
+    stand_in = torch.empty((), dtype=input_dtype, device=grad.device).expand(input_size)
+    return aten.convolution_backward.default(
+        grad, stand_in, weight, None, stride, padding, dilation, transposed, output_padding,
+        groups, [True, False, False])[0]
+
+
+def add_into(a: Tensor, b: Tensor) -> Tensor:
+    """``a + b`` written into ``a`` (whose value is dead): same result, no new tensor."""
+    return a.add_(b)
