@@ -14,6 +14,7 @@ from .formulation import MIB_SCALE, build_stage_milp
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, structural_candidates
 from .lns import improve_by_windows
+from .peak_search import lower_peak
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
 from .simulator import SimulationResult, simulate
@@ -97,7 +98,9 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
 
     The MILP is warm-started from the unoptimised plan (``candidates[0]``): measured on
     resnet18, HiGHS proves the optimum in 0.5 s from it, and stalls for 15 s when started
-    from the best checkpoint plan instead.
+    from the best checkpoint plan instead. Unless it proves optimality, a peak-directed
+    local search (``planner.peak_search``; up to 40 % of the time, on ResNet-50 it lowers
+    the MILP's best peak by 7 %) and window-by-window improvement follow.
     """
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True,
                             variants=options.variants)
@@ -108,6 +111,13 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
     found = list(candidates)
     if outcome.has_solution:
         found.append(evaluate(profile, graph, milp.decisions(len(graph.stages))))
+    if outcome.status != "optimal":
+        # Peak-directed local search from the lowest plan so far (stops when stuck).
+        lowest = min(found, key=lambda e: e.result.peak_bytes)
+        decisions, result = lower_peak(profile, graph, lowest.decisions,
+                                       graph.variant_sites(options.variants),
+                                       0.4 * options.time_limit_s)
+        found.append(Evaluation(decisions, result))
     left = options.time_limit_s - (time.perf_counter() - t0)
     if outcome.status != "optimal" and left > 2.0:
         # Improve the lowest-peak point of the problem window by window.

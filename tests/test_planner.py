@@ -3,11 +3,12 @@ import copy
 
 import pytest
 
-from conftest import model_case, train_step
+from conftest import assert_same_step, model_case, train_step
 from planner import InfeasibleBudgetError, solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
 from planner.heuristic import structural_candidates
+from planner.peak_search import lower_peak
 from planner.schedule import Schedule, ScheduleError, Step, baseline_decisions, build_schedule
 from planner.simulator import SimulationError, simulate
 from planner.solve import planner_graph
@@ -85,3 +86,23 @@ def test_lower_budget_costs_time_and_solver_reports_gap(gpt_case):
 def test_unknown_solver():
     with pytest.raises(ValueError, match="unknown solver"):
         solve(model_case("gpt").profile, 0.6, backend="gurobi", options=OPTIONS)
+
+
+def test_peak_search_lowers_the_peak_with_valid_plans():
+    """The peak-directed local search returns a plan whose simulation it reports, with a
+    lower peak than the plan it starts from, and whose run equals eager's."""
+    case = model_case("resnet18")
+    graph = planner_graph(case.profile)
+    start = baseline_decisions(graph)
+    start_peak = simulate(case.profile, build_schedule(graph, start)).peak_bytes
+    decisions, result = lower_peak(case.profile, graph, start, graph.variant_sites("exact"),
+                                   time_limit_s=20)
+    assert result.peak_bytes < 0.8 * start_peak
+    assert simulate(case.profile, build_schedule(graph, decisions)).peak_bytes == \
+        result.peak_bytes
+    plan = solve(case.profile, result.peak_bytes, options=SolveOptions(time_limit_s=3),
+                 hints=[decisions])
+    model = load_plan(copy.deepcopy(case.model), plan)
+    step = train_step(model, case.inputs)
+    assert model.last_peak_bytes == plan.predicted_peak_bytes <= result.peak_bytes
+    assert_same_step(step, case.eager, exact=True, case=case)

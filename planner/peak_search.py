@@ -1,0 +1,106 @@
+"""Peak-directed local search for low-memory checkpoint plans.
+
+The lowest-peak MILP is hard for the solver (a min-max objective over thousands of memory
+rows), and on ResNet-50 its best plans recompute long chains whose intermediates pile up
+at one step. This search works on the plans themselves: a plan is a set of checkpoint ops
+and a variant per site (``heuristic.checkpoint_decisions``), simulated exactly. Each round
+looks at the step where the peak occurs and tries the moves that can lower it:
+
+* make an op recomputed in the peak's stage a checkpoint (shorter recompute chains),
+* stop keeping a checkpoint held at the peak (recompute it instead),
+* switch the variant of a site whose stage is at or after the peak's (keep a 1-bit mask or
+  the output instead of the input).
+
+Moves are tried largest bytes first and the first one that lowers the peak (or keeps it
+and lowers the step time) is taken, until none does or the time is up.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from profiler.ir import Profile
+
+from .graph import PlannerGraph
+from .heuristic import checkpoint_decisions
+from .schedule import Decisions, build_schedule
+from .simulator import SimulationResult, simulate
+
+log = logging.getLogger(__name__)
+
+
+def checkpoints_of(graph: PlannerGraph, decisions: Decisions) -> set[int]:
+    """The ops whose outputs ``decisions`` hold after the forward pass."""
+    ops = set(graph.ops())
+    return {graph.creator[s] for s in decisions.keep[0]
+            if s in graph.creator and graph.creator[s] in ops}
+
+
+def _moves(graph: PlannerGraph, decisions: Decisions, checkpoints: set[int],
+           variants: dict[int, str], stage: int, sites: dict) -> list[tuple[set[int], dict]]:
+    """Candidate (checkpoints, variants) around a peak in ``stage`` (-1: the forward)."""
+    moves: list[tuple[int, set[int], dict]] = []
+    if stage >= 0:
+        for op in decisions.recompute[stage]:
+            if op not in checkpoints:
+                moves.append((graph.new_bytes(op), checkpoints | {op}, variants))
+    held = decisions.keep[max(stage, 0)]
+    for s in held:
+        op = graph.creator.get(s)
+        if op in checkpoints:
+            moves.append((graph.storage_bytes[s], checkpoints - {op}, variants))
+    for site, options in sites.items():
+        if stage >= 0 and graph.site_stage.get(site, -1) < stage:
+            continue
+        saved = sum(graph.storage_bytes[s] for s in graph.planned_needs(site))
+        for v in options:
+            if variants.get(site) != v.name:
+                moves.append((saved, checkpoints, {**variants, site: v.name}))
+        if site in variants:
+            moves.append((0, checkpoints, {k: n for k, n in variants.items() if k != site}))
+    moves.sort(key=lambda m: -m[0])
+    return [(c, v) for _, c, v in moves]
+
+
+def _simulate(profile: Profile, graph: PlannerGraph, decisions: Decisions
+              ) -> tuple[SimulationResult, int]:
+    """The simulation of ``decisions`` and the stage of its peak step (-1: forward)."""
+    schedule = build_schedule(graph, decisions)
+    result = simulate(profile, schedule)
+    if result.peak_step < result.forward_steps:
+        return result, -1
+    runs = [s for s in schedule.backward if s.kind == "run"]
+    return result, runs[result.peak_step - result.forward_steps].stage
+
+
+def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: dict,
+               time_limit_s: float) -> tuple[Decisions, SimulationResult]:
+    """Starting from ``start``'s checkpoints and variants, the lowest-peak checkpoint plan
+    the local search reaches within ``time_limit_s`` (``sites``: the variants allowed)."""
+    t0 = time.perf_counter()
+    checkpoints = checkpoints_of(graph, start)
+    variants = {e: n for e, n in start.variants.items() if e in sites}
+    best = checkpoint_decisions(graph, checkpoints, variants)
+    result, stage = _simulate(profile, graph, best)
+    rounds = 0
+    while time.perf_counter() - t0 < time_limit_s:
+        improved = False
+        for cand_checkpoints, cand_variants in _moves(graph, best, checkpoints, variants,
+                                                      stage, sites):
+            if time.perf_counter() - t0 >= time_limit_s:
+                break
+            decisions = checkpoint_decisions(graph, cand_checkpoints, cand_variants)
+            trial, trial_stage = _simulate(profile, graph, decisions)
+            if (trial.peak_bytes, trial.time_s) < (result.peak_bytes, result.time_s):
+                best, result, stage = decisions, trial, trial_stage
+                checkpoints, variants = cand_checkpoints, cand_variants
+                improved = True
+                break
+        rounds += 1
+        if not improved:
+            break
+    log.info("peak search: %d moves, peak %.3f GiB, %.1f s", rounds - 1 + improved,
+             result.peak_bytes / 2**30, time.perf_counter() - t0)
+    return best, result
+
+
