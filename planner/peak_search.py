@@ -82,7 +82,7 @@ def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: d
     variants = {e: n for e, n in start.variants.items() if e in sites}
     best = checkpoint_decisions(graph, checkpoints, variants)
     result, stage = _simulate(profile, graph, best)
-    rounds = 0
+    moves = 0
     while time.perf_counter() - t0 < time_limit_s:
         improved = False
         for cand_checkpoints, cand_variants in _moves(graph, best, checkpoints, variants,
@@ -95,11 +95,11 @@ def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: d
                 best, result, stage = decisions, trial, trial_stage
                 checkpoints, variants = cand_checkpoints, cand_variants
                 improved = True
+                moves += 1
                 break
-        rounds += 1
         if not improved:
             break
-    log.info("peak search: %d moves, peak %.3f GiB, %.1f s", rounds - 1 + improved,
+    log.info("peak search: %d moves, peak %.3f GiB, %.1f s", moves,
              result.peak_bytes / 2**30, time.perf_counter() - t0)
     return best, result
 

@@ -23,6 +23,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from .allocator import allocator_bytes
 from .capture_errors import CaptureError, ModuleTracker, capture_error
+from .inplace_backward import INPLACE_META, add_backward_in_place
 from .ir import (
     BACKWARD,
     BUFFER,
@@ -35,7 +36,6 @@ from .ir import (
     NodeRecord,
     OutputRecord,
 )
-from .inplace_backward import INPLACE_META, add_backward_in_place
 from .split_backward import split_convolution_backward
 from .variants import VARIANT_META, insert_variants
 
