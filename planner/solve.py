@@ -10,7 +10,7 @@ from profiler.ir import Profile
 
 from .backends import SolveOptions, SolveOutcome, solve_problem
 from .budget import format_bytes, parse_budget
-from .formulation import MIB_SCALE, build_stage_milp
+from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, structural_candidates
 from .lns import improve_by_windows
@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 LNS_SHARE = 0.1
 COLD_SHARE = 0.5
 BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
+# PuLP builds about 7,000 binaries a second on this project's 2-core machine (DenseNet-201's
+# 880K-binary problem took two minutes). Above this many (stages x forward ops, an upper
+# estimate of the binaries) per second of time limit, the LP and the MILP are not built:
+# heuristic plans and the peak search answer alone.
+MAX_SIZE_PER_SECOND = 40_000
 # Lowest-peak plans found in this process, per profile: later solves start from them too,
 # so a budget just above a reported smallest feasible one is solved from that plan.
 _LOW_PLANS: dict[str, list[Decisions]] = {}
@@ -70,8 +75,20 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
             f"and their gradients {format_bytes(outs)}")
 
 
+def _too_large(graph: PlannerGraph, time_limit_s: float) -> bool:
+    """Whether the stage MILP would take most of ``time_limit_s`` just to build."""
+    size = len(graph.stages) * len(graph.ops())
+    if size > MAX_SIZE_PER_SECOND * time_limit_s:
+        log.warning("%d stages x %d ops: too large to build the MILP within %.0f s; using "
+                    "heuristic plans and the peak search (a longer --time-limit lets the "
+                    "solver in)", len(graph.stages), len(graph.ops()), time_limit_s)
+        return True
+    return False
+
+
 def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                time_limit_s: float, variants: str) -> tuple[list[Evaluation], float | None]:
+                time_limit_s: float, variants: str, lp: bool = True
+                ) -> tuple[list[Evaluation], float | None]:
     """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
     and without every variant), simulated; the first is the unoptimised plan. Also the LP
     relaxation's optimum (for ``budget``, or of the lowest peak without one)."""
@@ -81,7 +98,7 @@ def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
     if every:
         plans += [baseline_decisions(graph, every)] + structural_candidates(graph, times, every)
     rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
-                                            variants=variants)
+                                            variants=variants) if lp else ([], None)
     return [evaluate(profile, graph, d) for d in plans + rounded], bound
 
 
@@ -130,6 +147,15 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
     return min(found, key=lambda e: e.result.peak_bytes), outcome
 
 
+def _peak_search(profile: Profile, graph: PlannerGraph, options: SolveOptions,
+                 candidates: list[Evaluation]) -> Evaluation:
+    """The peak-directed local search from the lowest-peak candidate (no solver)."""
+    lowest = min(candidates, key=lambda e: e.result.peak_bytes)
+    decisions, result = lower_peak(profile, graph, lowest.decisions,
+                                   graph.variant_sites(options.variants), options.time_limit_s)
+    return min((lowest, Evaluation(decisions, result)), key=lambda e: e.result.peak_bytes)
+
+
 def smallest_feasible_budget(profile: Profile, backend: str = "highs",
                              options: SolveOptions | None = None) -> tuple[int, float | None]:
     """The peak of the lowest-memory plan found, and a lower bound (bytes) on the peak of
@@ -143,13 +169,17 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     options = options or SolveOptions()
     t0 = time.perf_counter()
     graph = planner_graph(profile)
+    heuristic_only = _too_large(graph, options.time_limit_s)
     candidates, _ = _candidates(profile, graph, None, options.time_limit_s / 8,
-                                options.variants)
+                                options.variants, lp=not heuristic_only)
     candidates += [evaluate(profile, graph, d) for d in _LOW_PLANS.get(profile.graph_hash, [])
                    if _uses_only(graph, options.variants, d)]
-    ev, outcome = _lowest_peak(profile, graph, backend, replace(
-        options, time_limit_s=0.5 * options.time_limit_s), candidates)
-    bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
+    low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
+    if heuristic_only:
+        ev, bound = _peak_search(profile, graph, low_options, candidates), None
+    else:
+        ev, outcome = _lowest_peak(profile, graph, backend, low_options, candidates)
+        bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
     best, best_decisions = ev.result.peak_bytes, ev.decisions
     lo = max(bound or 0, sum(profile.storage_bytes[s] for s in graph.constant_storages))
     for probes_left in range(BISECTION_PROBES, 0, -1):
@@ -195,13 +225,66 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
     t0 = time.perf_counter()
+    heuristic_only = _too_large(graph, options.time_limit_s)
     candidates, lp_bound = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
-                                       options.variants)
+                                       options.variants, lp=not heuristic_only)
     hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
     candidates += [evaluate(profile, graph, d) for d in hints
                    if _uses_only(graph, options.variants, d)]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
+    milp, outcome, from_milp, objective_of_milp = None, None, None, None
+    if not heuristic_only:
+        milp, outcome, from_milp, objective_of_milp = _milp_search(
+            profile, graph, budget_bytes, backend, options, start, fitting, t0)
+    if not fitting and not _fallback:
+        raise InfeasibleBudgetError(budget_bytes, None, "no plan found", proven=False)
+    if not fitting:
+        # No plan found: the lowest-memory search names the smallest feasible budget (or,
+        # if the solver merely ran out of time, may still find a plan that fits).
+        low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
+        if heuristic_only:
+            lowest = _peak_search(profile, graph, low_options, candidates)
+            proven = False
+        else:
+            lowest, low_outcome = _lowest_peak(profile, graph, backend, low_options, candidates)
+            proven = low_outcome.status == "optimal"
+        if lowest.result.peak_bytes > budget_bytes:
+            raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
+                                        _floor_text(profile, graph), proven=proven)
+        fitting.append(lowest)
+    best = min(fitting, key=lambda e: e.result.time_s)
+    # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
+    # comes from the same formulation without the window.
+    claim = milp if milp is not None and milp.represents(best.decisions) else \
+        build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None,
+                         variants=options.variants)
+    solver_peak = claim.evaluate_peak(best.decisions)
+    # The solver's own objective (recompute seconds) when its plan is the one returned;
+    # the tests check it equals the simulator's extra time.
+    from_solver = best is from_milp
+    objective = objective_of_milp if from_solver else best.result.time_s - base.result.time_s
+    # The better of the solver's bound and the LP relaxation's (same problem).
+    bounds = [b for b in (outcome.bound if outcome else None, lp_bound) if b is not None]
+    bound = max(bounds) if bounds else None
+    gap = None
+    if bound is not None:
+        gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)
+    status = outcome.status if from_solver and outcome else "heuristic"
+    info = SolverInfo(name=backend, status=status, time_limit_s=options.time_limit_s,
+                      solve_time_s=time.perf_counter() - t0, objective=objective,
+                      bound=bound, gap=gap, variables=len(claim.problem.variables()),
+                      constraints=len(claim.problem.constraints))
+    return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
+
+
+def _milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
+                 options: SolveOptions, start: Evaluation | None, fitting: list[Evaluation],
+                 t0: float) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
+    """The full MILP warm-started from ``start``, then window-by-window improvement; plans
+    that fit are appended to ``fitting``. Returns the MILP, the full solve's outcome, the
+    MILP's last plan and its objective."""
+    times = [n.time_s for n in profile.nodes]
     remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
     milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
                             include=start.decisions if start is not None else None)
@@ -229,41 +312,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
             from_milp = evaluate(profile, graph, decisions)
             objective_of_milp = milp.objective_of(decisions)
             fitting.append(from_milp)
-    if not fitting and not _fallback:
-        raise InfeasibleBudgetError(budget_bytes, None, "no plan found", proven=False)
-    if not fitting:
-        # No plan found: the lowest-memory search names the smallest feasible budget (or,
-        # if the solver merely ran out of time, may still find a plan that fits).
-        lowest, low_outcome = _lowest_peak(profile, graph, backend, replace(
-            options, time_limit_s=0.5 * options.time_limit_s), candidates)
-        if lowest.result.peak_bytes > budget_bytes:
-            raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
-                                        _floor_text(profile, graph),
-                                        proven=low_outcome.status == "optimal")
-        fitting.append(lowest)
-    best = min(fitting, key=lambda e: e.result.time_s)
-    # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
-    # comes from the same formulation without the window.
-    claim = milp if milp.represents(best.decisions) else \
-        build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None,
-                         variants=options.variants)
-    solver_peak = claim.evaluate_peak(best.decisions)
-    # The solver's own objective (recompute seconds) when its plan is the one returned;
-    # the tests check it equals the simulator's extra time.
-    from_solver = best is from_milp
-    objective = objective_of_milp if from_solver else best.result.time_s - base.result.time_s
-    # The better of the solver's bound and the LP relaxation's (same problem).
-    bounds = [b for b in (outcome.bound, lp_bound) if b is not None]
-    bound = max(bounds) if bounds else None
-    gap = None
-    if bound is not None:
-        gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)
-    status = outcome.status if from_solver else "heuristic"
-    info = SolverInfo(name=backend, status=status, time_limit_s=options.time_limit_s,
-                      solve_time_s=time.perf_counter() - t0, objective=objective,
-                      bound=bound, gap=gap, variables=len(milp.problem.variables()),
-                      constraints=len(milp.problem.constraints))
-    return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
+    return milp, outcome, from_milp, objective_of_milp
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None

@@ -1,5 +1,6 @@
 """The planner: its memory model against the independent simulator, the backends, errors."""
 import copy
+import sys
 
 import pytest
 
@@ -100,9 +101,24 @@ def test_peak_search_lowers_the_peak_with_valid_plans():
     assert result.peak_bytes < 0.8 * start_peak
     assert simulate(case.profile, build_schedule(graph, decisions)).peak_bytes == \
         result.peak_bytes
-    plan = solve(case.profile, result.peak_bytes, options=SolveOptions(time_limit_s=3),
+    plan = solve(case.profile, result.peak_bytes,
+                 options=SolveOptions(time_limit_s=3, variants="exact"),
                  hints=[decisions])
     model = load_plan(copy.deepcopy(case.model), plan)
     step = train_step(model, case.inputs)
     assert model.last_peak_bytes == plan.predicted_peak_bytes <= result.peak_bytes
     assert_same_step(step, case.eager, exact=True, case=case)
+
+
+def test_problems_too_large_for_the_time_limit_use_heuristics(gpt_case, monkeypatch, caplog):
+    """Where the MILP could not even be built in the time limit (DenseNet-201's 880K binaries
+    take two minutes), heuristic plans and the peak search answer, and say so."""
+    solve_module = sys.modules["planner.solve"]  # ``planner.solve`` is also the function
+    monkeypatch.setattr(solve_module, "MAX_SIZE_PER_SECOND", 1)
+    plan = solve(gpt_case.profile, 0.7, options=SolveOptions(time_limit_s=2))
+    assert plan.solver.status == "heuristic" and plan.solver.bound is None
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.solver_peak_bytes == plan.predicted_peak_bytes
+    assert "too large to build the MILP" in caplog.text
+    with pytest.raises(InfeasibleBudgetError, match="the best found in the time limit"):
+        solve(gpt_case.profile, 0.05, options=SolveOptions(time_limit_s=2))
