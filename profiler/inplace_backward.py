@@ -22,7 +22,7 @@ import torch.fx as fx
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from . import variant_ops as ops
-from .variants import _fake_value
+from .variants import call_before
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -69,10 +69,7 @@ def add_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
         if dead is None:
             continue
         other = node.args[1] if node.args[0] is dead else node.args[0]
-        with graph.inserting_before(node):
-            new = graph.call_function(ops.add_into, (dead, other))
-        new.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        new.meta["val"] = _fake_value(ops.add_into, (dead, other))
+        new = call_before(graph, node, ops.add_into, (dead, other))
         new.meta[INPLACE_META] = dead
         node.replace_all_uses_with(new)
         graph.erase_node(node)

@@ -20,7 +20,7 @@ import torch
 import torch.fx as fx
 
 from . import variant_ops as ops
-from .variants import _fake_value
+from .variants import call_before
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -52,13 +52,8 @@ def split_convolution_backward(gm: fx.GraphModule, forward: set[fx.Node]) -> int
         x_val = x.meta["val"]
         input_args = (grad, weight, list(x_val.shape), x_val.dtype, stride, padding, dilation,
                       transposed, output_padding, groups)
-        with graph.inserting_before(node):
-            weight_grad = graph.call_function(aten.convolution_backward.default, weight_args)
-            input_grad = graph.call_function(ops.convolution_backward_input, input_args)
-        weight_grad.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        input_grad.meta.update({k: v for k, v in node.meta.items() if k != "val"})
-        weight_grad.meta["val"] = _fake_value(aten.convolution_backward.default, weight_args)
-        input_grad.meta["val"] = _fake_value(ops.convolution_backward_input, input_args)
+        weight_grad = call_before(graph, node, aten.convolution_backward.default, weight_args)
+        input_grad = call_before(graph, node, ops.convolution_backward_input, input_args)
         weight_grad.meta[SPLIT_META] = "weight"
         input_grad.meta[SPLIT_META] = "input"
         for user in list(node.users):

@@ -210,6 +210,17 @@ def _fake_value(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
         return fn(*vals)
 
 
+def call_before(graph: fx.Graph, node: fx.Node, fn: Callable[..., Any],
+                args: tuple[Any, ...]) -> fx.Node:
+    """A new call ``fn(*args)`` placed before ``node``, carrying ``node``'s metadata (module
+    stack, source trace) and its own fake value: how a rewrite replaces ``node``."""
+    with graph.inserting_before(node):
+        new = graph.call_function(fn, args)
+    new.meta.update({k: v for k, v in node.meta.items() if k != "val"})
+    new.meta["val"] = _fake_value(fn, args)
+    return new
+
+
 def _insert(graph: fx.Graph, after: fx.Node, fn: Callable[..., Any], args: tuple[Any, ...],
             meta: tuple[str, str, fx.Node]) -> fx.Node:
     with graph.inserting_after(after):
