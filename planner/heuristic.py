@@ -8,6 +8,7 @@ fall-backs when the solver runs out of time (Checkmate's LP rounding, in spirit)
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import pulp
 
@@ -74,11 +75,13 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
 
 
 def structural_candidates(graph: PlannerGraph, times: list[float],
-                          variants: dict[int, str] | None = None) -> list[Decisions]:
+                          variants: dict[int, str] | None = None) -> Iterator[Decisions]:
     """Checkpoint plans that need no solver: every m-th op (sqrt(n)-style segments), and the
-    ops that are expensive per byte they allocate (recompute the cheap ones)."""
+    ops that are expensive per byte they allocate (recompute the cheap ones). Made one at a
+    time: on large graphs each plan's keep sets take tens of megabytes."""
     ops = graph.ops()
     sets = [set(ops[i::m]) for m in range(2, 11) for i in (0, m // 2)]
     by_cost = sorted(ops, key=lambda o: times[o] / max(1, graph.new_bytes(o)))
     sets += [set(by_cost[int(q * len(by_cost)):]) for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
-    return [checkpoint_decisions(graph, s, variants) for s in sets]
+    for checkpoints in sets:
+        yield checkpoint_decisions(graph, checkpoints, variants)

@@ -1,10 +1,11 @@
 """Solve a profile under a memory budget into a verified Plan."""
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from profiler.ir import Profile
 
@@ -93,13 +94,32 @@ def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
     and without every variant), simulated; the first is the unoptimised plan. Also the LP
     relaxation's optimum (for ``budget``, or of the lowest peak without one)."""
     times = [n.time_s for n in profile.nodes]
-    plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
     every = all_variants(graph, variants)
-    if every:
-        plans += [baseline_decisions(graph, every)] + structural_candidates(graph, times, every)
+    plans = itertools.chain(
+        [baseline_decisions(graph)], structural_candidates(graph, times),
+        [baseline_decisions(graph, every)] if every else [],
+        structural_candidates(graph, times, every) if every else [])
+    front = _pareto(evaluate(profile, graph, d) for d in plans)
     rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
                                             variants=variants) if lp else ([], None)
-    return [evaluate(profile, graph, d) for d in plans + rounded], bound
+    return _pareto(itertools.chain(front, (evaluate(profile, graph, d) for d in rounded))), \
+        bound
+
+
+def _pareto(evaluations: Iterable[Evaluation]) -> list[Evaluation]:
+    """The first evaluation (the unoptimised plan) and those no other beats in both peak
+    and time, kept as they come: on large graphs (EfficientNet-B7's 814 stages) dozens of
+    dominated plans' keep sets would take gigabytes."""
+    it = iter(evaluations)
+    first = next(it)
+    front: list[Evaluation] = []
+    for e in it:
+        if any(f.result.peak_bytes <= e.result.peak_bytes and f.result.time_s <= e.result.time_s
+               for f in front):
+            continue
+        front = [f for f in front if not (e.result.peak_bytes <= f.result.peak_bytes
+                                          and e.result.time_s <= f.result.time_s)] + [e]
+    return [first] + sorted(front, key=lambda e: e.result.peak_bytes)
 
 
 def _uses_only(graph: PlannerGraph, mode: str, decisions: Decisions) -> bool:
@@ -221,7 +241,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     if budget_bytes >= base.result.peak_bytes:
         info = SolverInfo(name="none", status="optimal", time_limit_s=options.time_limit_s,
                           solve_time_s=0.0, objective=0.0, bound=0.0, gap=0.0)
-        claimed = build_stage_milp(graph, times, budget_bytes).evaluate_peak(base.decisions)
+        claimed = _plan_only_milp(graph, times, budget_bytes, base.decisions,
+                                  options.variants).evaluate_peak(base.decisions)
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
     t0 = time.perf_counter()
@@ -255,10 +276,9 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         fitting.append(lowest)
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
-    # comes from the same formulation without the window.
+    # comes from the same formulation with the plan's own recomputations as candidates.
     claim = milp if milp is not None and milp.represents(best.decisions) else \
-        build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None,
-                         variants=options.variants)
+        _plan_only_milp(graph, times, budget_bytes, best.decisions, options.variants)
     solver_peak = claim.evaluate_peak(best.decisions)
     # The solver's own objective (recompute seconds) when its plan is the one returned;
     # the tests check it equals the simulator's extra time.
@@ -273,8 +293,9 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     status = outcome.status if from_solver and outcome else "heuristic"
     info = SolverInfo(name=backend, status=status, time_limit_s=options.time_limit_s,
                       solve_time_s=time.perf_counter() - t0, objective=objective,
-                      bound=bound, gap=gap, variables=len(claim.problem.variables()),
-                      constraints=len(claim.problem.constraints))
+                      bound=bound, gap=gap,
+                      variables=len(milp.problem.variables()) if milp else 0,
+                      constraints=len(milp.problem.constraints) if milp else 0)
     return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
 
 
@@ -329,12 +350,21 @@ def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float |
     if ev.result.peak_bytes > budget_bytes:
         raise InfeasibleBudgetError(budget_bytes, None, f"these decisions peak at "
                                     f"{format_bytes(ev.result.peak_bytes)}")
-    claim = build_stage_milp(graph, times, budget_bytes, max_recompute_depth=None)
+    claim = _plan_only_milp(graph, times, budget_bytes, decisions, "all")
     extra = ev.result.time_s - base.result.time_s
     info = SolverInfo(name="given", status="given", time_limit_s=0.0, solve_time_s=0.0,
                       objective=extra)
     return _make_plan(profile, graph, ev, base, budget_bytes, str(budget), info,
                       claim.evaluate_peak(decisions))
+
+
+def _plan_only_milp(graph: PlannerGraph, times: list[float], budget: int,
+                    decisions: Decisions, variants: str) -> StageMILP:
+    """The formulation whose only recomputation candidates are those of ``decisions``: it
+    states their memory claim as the full formulation would, and stays small on graphs
+    (EfficientNet-B7's 814 stages) where unlimited-depth candidates take tens of GiB."""
+    return build_stage_milp(graph, times, budget, max_recompute_depth=0, variants=variants,
+                            include=decisions)
 
 
 def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Evaluation,

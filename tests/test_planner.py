@@ -25,7 +25,7 @@ def test_formulation_memory_equals_simulator(name):
     graph = planner_graph(case.profile)
     times = [n.time_s for n in case.profile.nodes]
     milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None)
-    plans = [baseline_decisions(graph)] + structural_candidates(graph, times)
+    plans = [baseline_decisions(graph), *structural_candidates(graph, times)]
     for d in plans:
         assert milp.evaluate_peak(d) == simulate(case.profile, build_schedule(graph, d)).peak_bytes
 
