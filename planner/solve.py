@@ -78,11 +78,11 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
 
 def _too_large(graph: PlannerGraph, time_limit_s: float) -> bool:
     """Whether the stage MILP would take most of ``time_limit_s`` just to build."""
-    size = len(graph.stages) * len(graph.ops())
-    if size > MAX_SIZE_PER_SECOND * time_limit_s:
+    stages, ops = len(graph.stages), len(graph.ops())
+    if stages * ops > MAX_SIZE_PER_SECOND * time_limit_s:
         log.warning("%d stages x %d ops: too large to build the MILP within %.0f s; using "
                     "heuristic plans and the peak search (a longer --time-limit lets the "
-                    "solver in)", len(graph.stages), len(graph.ops()), time_limit_s)
+                    "solver in)", stages, ops, time_limit_s)
         return True
     return False
 
@@ -150,11 +150,8 @@ def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: S
         found.append(evaluate(profile, graph, milp.decisions(len(graph.stages))))
     if outcome.status != "optimal":
         # Peak-directed local search from the lowest plan so far (stops when stuck).
-        lowest = min(found, key=lambda e: e.result.peak_bytes)
-        decisions, result = lower_peak(profile, graph, lowest.decisions,
-                                       graph.variant_sites(options.variants),
-                                       0.4 * options.time_limit_s)
-        found.append(Evaluation(decisions, result))
+        found.append(_peak_search(profile, graph, replace(
+            options, time_limit_s=0.4 * options.time_limit_s), found))
     left = options.time_limit_s - (time.perf_counter() - t0)
     if outcome.status != "optimal" and left > 2.0:
         # Improve the lowest-peak point of the problem window by window.

@@ -25,9 +25,6 @@ from .variants import call_before
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
-SPLIT_META = "monet_split"
-
-
 def _splittable(node: fx.Node, forward: set[fx.Node]) -> bool:
     if node.op != "call_function" or node.target is not aten.convolution_backward.default \
             or node in forward:
@@ -54,8 +51,6 @@ def split_convolution_backward(gm: fx.GraphModule, forward: set[fx.Node]) -> int
                       transposed, output_padding, groups)
         weight_grad = call_before(graph, node, aten.convolution_backward.default, weight_args)
         input_grad = call_before(graph, node, ops.convolution_backward_input, input_args)
-        weight_grad.meta[SPLIT_META] = "weight"
-        input_grad.meta[SPLIT_META] = "input"
         for user in list(node.users):
             if user.args[1] == 0:
                 user.replace_all_uses_with(input_grad)
