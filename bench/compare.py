@@ -95,8 +95,7 @@ def profile_phase(args) -> None:
         free_memory(device)
         library = max(0, resident_bytes(device) - _constant_bytes(step, inputs)) \
             if device.type == "cuda" else 0
-        with autocast_context(bench, device.type):
-            captured = capture(step, inputs)
+        captured = capture(step, inputs, autocast=bench.autocast)
         profile = profile_captured(captured, step, inputs, name=key, estimate=False,
                                    repeats=args.repeats)
         profile.save(os.path.join(args.out, f"{key}.measured.json"))
@@ -111,41 +110,64 @@ def profile_phase(args) -> None:
         free_memory(device)
 
 
-def solve_phase(args) -> None:
-    """Solve every profile of ``--profiles`` at 1/2, 1/3 and 1/4 of its eager peak."""
+def _solve_one(profile_path: str, key: str, label: str, info: dict, out: str,
+               time_limit: float, margin: float) -> tuple[str, dict]:
+    """Solve one model at one budget fraction; write its plan and return its index entry."""
     from planner import InfeasibleBudgetError, solve  # needs PuLP and HiGHS
     from planner.backends import SolveOptions
+    profile = Profile.load(profile_path)
+    frac = _fraction(label)
+    target = int(frac * info["eager_peak"])
+    budget = target - info["library_bytes"] - int(margin * target)
+    entry = {"label": label, "fraction": frac, "target_bytes": target,
+             "solver_budget_bytes": budget, "library_bytes": info["library_bytes"],
+             "margin": margin, "file": None}
+    try:
+        plan = solve(profile, budget, options=SolveOptions(time_limit_s=time_limit))
+    except InfeasibleBudgetError as e:
+        entry.update(status="infeasible", smallest=e.smallest_feasible)
+        log.info("%s %s: infeasible, smallest %s", key, label, e.smallest_feasible)
+        return key, entry
+    name = f"{key}_{_label(label)}.plan.json"
+    plan.save(os.path.join(out, name))
+    entry.update(status=plan.solver.status, file=name, gap=plan.solver.gap,
+                 predicted_peak=plan.predicted_peak_bytes,
+                 predicted_time_s=plan.predicted_time_s,
+                 baseline_time_s=plan.baseline_time_s)
+    log.info("%s %s: predicted peak %.3f GiB, +%.1f%%", key, label,
+             plan.predicted_peak_bytes / 2**30,
+             100 * (plan.predicted_time_s / plan.baseline_time_s - 1))
+    return key, entry
+
+
+def solve_phase(args) -> None:
+    """Solve every profile of ``--profiles`` at 1/2, 1/3 and 1/4 of its eager peak, in
+    ``--jobs`` processes at once (each solve is single-threaded HiGHS plus heuristics)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
     meta = json.load(open(os.path.join(args.profiles, "eager.json")))
     os.makedirs(args.out, exist_ok=True)
-    index: dict[str, list[dict]] = {}
-    for key in [k for k in args.models if k in meta]:
-        profile = Profile.load(os.path.join(args.profiles, f"{key}.measured.json"))
-        info = meta[key]
-        index[key] = []
-        for label in args.fractions:
-            frac = _fraction(label)
-            target = int(frac * info["eager_peak"])
-            budget = target - info["library_bytes"] - int(args.margin * target)
-            entry = {"label": label, "fraction": frac, "target_bytes": target,
-                     "solver_budget_bytes": budget, "library_bytes": info["library_bytes"],
-                     "margin": args.margin, "file": None}
-            try:
-                plan = solve(profile, budget, options=SolveOptions(time_limit_s=args.time_limit))
-            except InfeasibleBudgetError as e:
-                entry.update(status="infeasible", smallest=e.smallest_feasible)
-                log.info("%s %s: infeasible, smallest %s", key, label, e.smallest_feasible)
-            else:
-                name = f"{key}_{_label(label)}.plan.json"
-                plan.save(os.path.join(args.out, name))
-                entry.update(status=plan.solver.status, file=name, gap=plan.solver.gap,
-                             predicted_peak=plan.predicted_peak_bytes,
-                             predicted_time_s=plan.predicted_time_s,
-                             baseline_time_s=plan.baseline_time_s)
-                log.info("%s %s: predicted peak %.3f GiB, +%.1f%%", key, label,
-                         plan.predicted_peak_bytes / 2**30,
-                         100 * (plan.predicted_time_s / plan.baseline_time_s - 1))
-            index[key].append(entry)
-            write_atomic(os.path.join(args.out, "plans.json"), json.dumps(index, indent=1))
+    index_path = os.path.join(args.out, "plans.json")
+    keys = [k for k in args.models if k in meta]
+    index: dict[str, list[dict]] = {k: [] for k in keys}
+    jobs = [(os.path.join(args.profiles, f"{key}.measured.json"), key, label, meta[key],
+             args.out, args.time_limit, args.margin)
+            for key in keys for label in args.fractions]
+    order = {(key, label): i for i, (_, key, label, *_rest) in enumerate(jobs)}
+
+    def record(key: str, entry: dict) -> None:
+        index[key].append(entry)
+        index[key].sort(key=lambda e: order[(key, e["label"])])
+        write_atomic(index_path, json.dumps(index, indent=1))
+
+    if args.jobs <= 1:
+        for job in jobs:
+            record(*_solve_one(*job))
+    else:
+        import multiprocessing
+        spawn = multiprocessing.get_context("spawn")  # the parent may hold a CUDA context
+        with ProcessPoolExecutor(args.jobs, mp_context=spawn) as pool:
+            for future in as_completed([pool.submit(_solve_one, *job) for job in jobs]):
+                record(*future.result())
     write_atomic(os.path.join(args.out, "eager.json"), json.dumps(meta, indent=1))
 
 
@@ -212,7 +234,7 @@ def _run_one(bench, name, make, context, entry, pristine, inputs, device, args, 
 
 
 def run_phase(args, info: RunInfo) -> list[Row]:
-    """Run every method on every model and write the results after each model."""
+    """Run every method on every model and write the results after each run."""
     device = _device(args)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -248,7 +270,7 @@ def run_phase(args, info: RunInfo) -> list[Row]:
                 rows.append(row)
                 log.info("%s", row)
                 free_memory(device)
-        write_results(args.out, info, rows)
+                write_results(args.out, info, rows)  # a timeout keeps every finished row
     return rows
 
 
@@ -288,6 +310,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--time-limit", type=float, default=60, help="solve: s per budget")
     parser.add_argument("--fractions", nargs="+", default=list(FRACTIONS),
                         help="solve: budgets as fractions of the eager peak (1/2 or 0.5)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="solve: budgets solved at once, in separate processes")
     parser.add_argument("--margin", type=float, default=0.0,
                         help="solve: fraction of each budget left free for the allocator")
     parser.add_argument("-v", "--verbose", action="store_true")

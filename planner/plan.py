@@ -61,6 +61,9 @@ class Plan:
     nodes: list[dict[str, Any]] = field(default_factory=list)  # human-readable summary
     variant_summary: list[dict[str, Any]] = field(default_factory=list)
     autocast: str = ""  # "" or the torch.autocast dtype the graph was captured under
+    # node index -> temporary bytes of its call beyond its outputs (the profile's, measured
+    # on the device or declared by a variant), where not 0: what the runtime counts
+    workspace_bytes: dict[str, int] = field(default_factory=dict)
     schema_version: int = PLAN_SCHEMA_VERSION
 
     def decisions(self) -> Decisions:

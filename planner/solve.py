@@ -381,6 +381,8 @@ def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Eval
         device_name=profile.device_name, dtype=profile.dtype,
         torch_version=profile.torch_version, input_shapes=profile.input_shapes,
         input_dtypes=profile.input_dtypes, graph_targets=[n.target for n in profile.nodes],
+        workspace_bytes={str(n.index): n.workspace_bytes for n in profile.nodes
+                         if n.workspace_bytes},
         budget_bytes=budget_bytes, budget_spec=budget_spec,
         predicted_peak_bytes=ev.result.peak_bytes, predicted_time_s=ev.result.time_s,
         solver_peak_bytes=solver_peak, baseline_peak_bytes=base.result.peak_bytes,

@@ -9,10 +9,13 @@ import logging
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.fx as fx
+import torch.utils._pytree as pytree
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import variant_ops
@@ -106,8 +109,8 @@ def bind_inputs(captured: CapturedGraph, model: torch.nn.Module,
 
 @dataclass
 class NodeMeasurements:
-    """What running every node on the real tensors gave: median seconds per node, and on
-    CUDA the workspace bytes per node (``None`` elsewhere)."""
+    """What running every node on the real tensors gave: median seconds per node, and the
+    workspace bytes per node (temporaries beyond its outputs)."""
 
     times: list[float]
     workspace: list[int] | None = None
@@ -131,7 +134,9 @@ def measure_nodes(captured: CapturedGraph, model: torch.nn.Module,
     workspace is read from the allocator's statistics: the peak of
     ``torch.cuda.max_memory_allocated`` while the node runs, less what is allocated once it
     has returned (the bytes live before it plus its outputs); the largest over the timed
-    runs. On the CPU nodes are timed with a monotonic clock and no workspace is measured.
+    runs. On the CPU nodes are timed with a monotonic clock, and the workspace is the peak
+    of the storages the ATen calls inside the node create (a composite op's temporaries,
+    as ``MemTracker`` sees them), less those still alive once it has returned.
     Values are dropped after their last reader, so the run holds no more than the graph
     needs. The global RNG state is restored afterwards, and buffers are not updated (the
     graph is functional).
@@ -162,19 +167,60 @@ def measure_nodes(captured: CapturedGraph, model: torch.nn.Module,
                                                lambda a: env[a.meta["monet_index"]])
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
-                elapsed = _time_call(n.target, args, kwargs, cuda, env, r.index)
+                    elapsed = _time_call(n.target, args, kwargs, cuda, env, r.index)
+                    extra = torch.cuda.max_memory_allocated(device) - \
+                        torch.cuda.memory_allocated(device)
+                elif rep == 0:  # in the warm-up: the tracking mode slows every call
+                    with _TemporaryBytes(args, kwargs) as tracked:
+                        elapsed = _time_call(n.target, args, kwargs, cuda, env, r.index)
+                    extra = tracked.workspace()
+                    workspace[r.index] = extra
+                else:
+                    elapsed, extra = _time_call(n.target, args, kwargs, cuda, env, r.index), 0
                 if rep >= warmup:
                     samples[r.index].append(elapsed)
-                    if cuda:
-                        extra = torch.cuda.max_memory_allocated(device) - \
-                            torch.cuda.memory_allocated(device)
-                        workspace[r.index] = max(workspace[r.index], extra)
+                    workspace[r.index] = max(workspace[r.index], extra)
                 del args, kwargs
                 for i in last_use[r.index]:
                     env.pop(i, None)
     times = [0.0 if (not s or r.is_alias) else statistics.median(s)
              for s, r in zip(samples, captured.records)]
-    return NodeMeasurements(times, workspace if cuda else None)
+    return NodeMeasurements(times, workspace)
+
+
+class _TemporaryBytes(TorchDispatchMode):
+    """The storages the ATen calls made while active create (not the inputs'): their peak
+    total, and the bytes still alive at the end. A CPU stand-in for the CUDA allocator's
+    statistics; like ``MemTracker`` it sees the calls a composite op makes, not the
+    buffers a single kernel allocates privately."""
+
+    def __init__(self, args: Any, kwargs: Any):
+        super().__init__()
+        self.before = {t.untyped_storage().data_ptr()
+                       for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        self.created: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def _live(self) -> int:
+        return sum(n for ref, n in self.created.values() if not ref.expired())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in pytree.tree_leaves(out):
+            if not isinstance(t, torch.Tensor):
+                continue
+            storage = t.untyped_storage()
+            key = storage.data_ptr()
+            known = self.created.get(key)
+            if key in self.before or (known is not None and not known[0].expired()):
+                continue
+            self.created[key] = (StorageWeakRef(storage), storage.nbytes())
+        self.peak = max(self.peak, self._live())
+        return out
+
+    def workspace(self) -> int:
+        """Peak bytes created beyond those alive at the end (the node's outputs)."""
+        return max(0, self.peak - self._live())
 
 
 def _last_readers(captured: CapturedGraph) -> list[list[int]]:

@@ -103,25 +103,31 @@ class Executor:
             before_free: Callable[[int, Any], None] | None = None) -> None:
         """Execute ``steps`` in order, updating ``env`` in place. ``before_free`` sees every
         value just before it is dropped."""
+        # No local name may hold a value across steps: a freed value that a variable still
+        # references stays allocated while the next op runs.
         for step in steps:
             if step.kind == "free":
-                value = env.pop(step.node)
-                if before_free is not None:
-                    before_free(step.node, value)
-                if self.count:
-                    self.counter.drop(value)
+                self._free(step.node, env.pop(step.node), before_free)
                 continue
-            node = self.fx_nodes[step.runs]
-            if step.stage < 0 and step.node in save_rng:
-                self.rng_states[step.node] = _get_rng_state(node)
-            if step.stage >= 0 and step.node in self.rng_states:
-                value = self._replay(node, env, self.rng_states[step.node])
-            else:
-                value = self._call(node, env)
-            self.put(env, step.node, value)
+            self.put(env, step.node, self._execute(step, env, save_rng))
             if self.count and self.workspace[step.runs]:
                 self.counter.peak = max(self.counter.peak,
                                         self.counter.live + self.workspace[step.runs])
+
+    def _free(self, index: int, value: Any,
+              before_free: Callable[[int, Any], None] | None) -> None:
+        if before_free is not None:
+            before_free(index, value)
+        if self.count:
+            self.counter.drop(value)
+
+    def _execute(self, step: Step, env: dict[int, Any], save_rng: set[int]) -> Any:
+        node = self.fx_nodes[step.runs]
+        if step.stage < 0 and step.node in save_rng:
+            self.rng_states[step.node] = _get_rng_state(node)
+        if step.stage >= 0 and step.node in self.rng_states:
+            return self._replay(node, env, self.rng_states[step.node])
+        return self._call(node, env)
 
 
 def _device_of(node: fx.Node) -> torch.device:

@@ -72,15 +72,23 @@ class _PlannedFunction(torch.autograd.Function):
             outputs, saved, extra = runner.run_forward(flat)
         ctx.runner = runner
         ctx.extra = extra
-        ctx.save_for_backward(*saved)
+        # Not ctx.save_for_backward: autograd would keep every saved tensor until the whole
+        # backward returns, where the schedule frees each one at its last reader. Detached
+        # aliases (no grad_fn, so no reference cycle through the outputs) are handed over
+        # to the backward's environment, which then holds the only references.
+        ctx.saved = [t.detach() for t in saved]
         ctx.mark_non_differentiable(*(o for o, t in zip(outputs, runner.output_tangents)
                                       if t is None))
         return outputs
 
     @staticmethod
     def backward(ctx, *grad_outputs: torch.Tensor):  # type: ignore[override]
+        if ctx.saved is None:
+            raise RuntimeError("a planned step's backward ran twice: its saved values are "
+                               "freed as the plan goes (retain_graph is not supported)")
+        saved, ctx.saved = ctx.saved, None
         with ctx.runner.no_autocast():
-            grads = ctx.runner.run_backward(ctx.saved_tensors, ctx.extra, grad_outputs)
+            grads = ctx.runner.run_backward(saved, ctx.extra, grad_outputs)
         return (None, *grads)
 
 
@@ -93,8 +101,10 @@ class PlanRunner:
         self.captured = captured
         self.graph = PlannerGraph.build(captured.records, captured.storage_bytes, captured.outputs)
         self.schedule = build_schedule(self.graph, plan.decisions())
-        self.executor = Executor(captured.nodes,
-                                 workspace=[r.workspace_bytes for r in captured.records])
+        # The profile's workspaces (measured on the device), where the plan carries them.
+        workspace = [plan.workspace_bytes.get(str(r.index), 0) if plan.workspace_bytes
+                     else r.workspace_bytes for r in captured.records]
+        self.executor = Executor(captured.nodes, workspace=workspace)
         recs = captured.records
         self.param_nodes = [r.index for r in recs if r.role == PARAM]
         self.input_nodes = sorted((r for r in recs if r.role == INPUT), key=lambda r: int(r.desc))
@@ -168,7 +178,9 @@ class PlanRunner:
                  "buffers": [env[i] for i in self.buffer_nodes]}
         return outputs, saved, extra
 
-    def run_backward(self, saved: tuple[torch.Tensor, ...], extra: dict, grad_outputs):
+    def run_backward(self, saved: list[torch.Tensor], extra: dict, grad_outputs):
+        """Run the backward program; ``saved`` is emptied so that the environment holds
+        the only references and each value is freed where the schedule frees it."""
         ex = self.executor
         ex.counter = extra["counter"]
         ex.rng_states = extra["rng"]
@@ -181,6 +193,7 @@ class PlanRunner:
             env[i] = extra["snapshots"].get(i, b)
         for i, t in zip(self.schedule.saved, saved):
             env[i] = t
+        saved.clear()
         for i, g in zip(self.output_tangents, grad_outputs):
             if i is None:
                 continue

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# One device call for issue 5 (docs/gpu.md), everything under one deadline:
+#   1. measured profiles of MODELS on the GPU (bench/compare.py profile);
+#   2. the solves, on the device machine's CPUs (PuLP and HiGHS carried as wheels in .whl),
+#      while the GPU tests (tests/test_gpu.py) run;
+#   3. our plans against eager and per-block checkpointing (run_a);
+#   4. the torch.compile baselines (run_c), for as long as the deadline leaves.
+# Every phase writes as it goes and the work folder is packed after each, so a deadline
+# or a kill keeps what finished. Output, all in $OUT: gpu.txt (device, versions, date),
+# log.txt, solve.txt, test_gpu.txt and work.tgz (profiles, plans, run_a, run_c).
+#
+#   OUT=/tmp/out MODELS="resnet50 gpt" DEADLINE=585 bash bench/gpu_session.sh
+# PHASES (default "profile solve run_a run_c") picks phases; a later call on the same warm
+# machine can go on from the work folder (.gpu/work), e.g. PHASES=run_c.
+set -u
+OUT=${OUT:?set OUT to the folder that comes back}
+MODELS=${MODELS:-"resnet50 gpt"}
+COMPILE_MODELS=${COMPILE_MODELS:-$MODELS}
+DEADLINE=${DEADLINE:-585}      # seconds from the start for the whole script
+TIME_LIMIT=${TIME_LIMIT:-60}   # seconds per solve
+PHASES=${PHASES:-"profile solve run_a run_c"}
+STEPS=${STEPS:-"--warmup 2 --steps 8"}
+EXTRA=${EXTRA:-}               # e.g. "--small --device cpu" for a dry run here
+W=.gpu/work
+mkdir -p "$W" "$OUT"
+START=$(date +%s)
+left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+pack() { tar czf "$OUT/work.tgz" -C "$W" . 2>/dev/null; }
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+  nproc; date -u; } >> "$OUT/gpu.txt" 2>&1
+if has profile; then
+  echo "== profile ($(left) s left)" | tee -a "$OUT/log.txt"
+  timeout $(( $(left) - 330 )) python3 bench/compare.py profile --models $MODELS $EXTRA \
+    --out "$W/prof" 2>&1 | tee -a "$OUT/log.txt"
+  pack
+fi
+if has solve; then
+  echo "== solve + GPU tests ($(left) s left)" | tee -a "$OUT/log.txt"
+  timeout $(( TIME_LIMIT * 2 + 90 )) python3 bench/compare.py solve --profiles "$W/prof" \
+    --out "$W/plans" --time-limit "$TIME_LIMIT" --jobs 8 --margin 0.01 \
+    >> "$OUT/solve.txt" 2>&1 &
+  solver=$!
+  timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
+    >> "$OUT/test_gpu.txt" 2>&1
+  wait $solver
+  echo "solve exit $?" >> "$OUT/solve.txt"
+  pack
+fi
+if has run_a; then
+  echo "== run_a ($(left) s left)" | tee -a "$OUT/log.txt"
+  timeout $(( $(left) - 20 )) python3 bench/compare.py run --plans "$W/plans" --models $MODELS $EXTRA \
+    --methods eager checkpoint ours $STEPS --out "$W/run_a" 2>&1 | tee -a "$OUT/log.txt"
+  pack
+fi
+if has run_c; then
+  echo "== run_c ($(left) s left)" | tee -a "$OUT/log.txt"
+  timeout $(( $(left) - 10 )) python3 bench/compare.py run --models $COMPILE_MODELS $EXTRA \
+    --methods eager compile $STEPS --out "$W/run_c" 2>&1 | tee -a "$OUT/log.txt"
+  pack
+fi
+echo "== done ($(left) s left)" | tee -a "$OUT/log.txt"
