@@ -86,28 +86,37 @@ def profile_phase(args) -> None:
     meta_path = os.path.join(args.out, "eager.json")
     meta = json.load(open(meta_path)) if os.path.exists(meta_path) else {}
     for key in args.models:
-        bench = MODELS[key]
-        step, inputs = build(bench, args.small)
-        step, inputs = step.to(device), tuple(x.to(device) for x in inputs)
+        try:
+            _profile_one(args, key, device, meta, meta_path)
+        except Exception:  # one failing model must not end the phase
+            log.exception("%s: profile failed", key)
         free_memory(device)
-        eager = measure_step(step, inputs, device, autocast_context(bench, device.type),
-                             warmup=2, steps=3)
-        free_memory(device)
-        library = max(0, resident_bytes(device) - _constant_bytes(step, inputs)) \
-            if device.type == "cuda" else 0
-        captured = capture(step, inputs, autocast=bench.autocast)
-        profile = profile_captured(captured, step, inputs, name=key, estimate=False,
-                                   repeats=args.repeats)
-        profile.save(os.path.join(args.out, f"{key}.measured.json"))
-        meta[key] = {"eager_peak": eager.peak_allocated, "eager_step_s": eager.step_s,
-                     "library_bytes": library, "device": device.type,
-                     "device_name": device_name(device), "small": args.small,
-                     "torch_version": torch.__version__, "graph_hash": profile.graph_hash}
-        write_atomic(meta_path, json.dumps(meta, indent=1))
-        log.info("%s: eager peak %.3f GiB, library %.1f MiB, %d nodes", key,
-                 eager.peak_allocated / 2**30, library / 2**20, len(profile.nodes))
-        del step, inputs, captured, profile
-        free_memory(device)
+
+
+def _profile_one(args, key: str, device: torch.device, meta: dict, meta_path: str) -> None:
+    """Measure one model's eager step, profile it, and record both."""
+    bench = MODELS[key]
+    step, inputs = build(bench, args.small)
+    step, inputs = step.to(device), tuple(x.to(device) for x in inputs)
+    free_memory(device)
+    eager = measure_step(step, inputs, device, autocast_context(bench, device.type),
+                         warmup=2, steps=3)
+    free_memory(device)
+    library = max(0, resident_bytes(device) - _constant_bytes(step, inputs)) \
+        if device.type == "cuda" else 0
+    captured = capture(step, inputs, autocast=bench.autocast)
+    profile = profile_captured(captured, step, inputs, name=key, estimate=False,
+                               repeats=args.repeats)
+    profile.save(os.path.join(args.out, f"{key}.measured.json"))
+    meta[key] = {"eager_peak": eager.peak_allocated, "eager_step_s": eager.step_s,
+                 "library_bytes": library, "device": device.type,
+                 "device_name": device_name(device), "small": args.small,
+                 "torch_version": torch.__version__, "graph_hash": profile.graph_hash}
+    write_atomic(meta_path, json.dumps(meta, indent=1))
+    log.info("%s: eager peak %.3f GiB, library %.1f MiB, %d nodes", key,
+             eager.peak_allocated / 2**30, library / 2**20, len(profile.nodes))
+    del step, inputs, captured, profile
+    free_memory(device)
 
 
 def _solve_one(profile_path: str, key: str, label: str, info: dict, out: str,
