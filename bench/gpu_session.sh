@@ -44,7 +44,7 @@ fi
 if has solve; then
   echo "== solve + GPU tests ($(left) s left)" | tee -a "$OUT/log.txt"
   timeout $(( TIME_LIMIT * 2 + 90 )) python3 bench/compare.py solve --profiles "$W/prof" \
-    --out "$W/plans" --time-limit "$TIME_LIMIT" --jobs 8 --margin 0.01 \
+    --out "$W/plans" --time-limit "$TIME_LIMIT" --jobs "${JOBS:-9}" --margin 0.01 \
     >> "$OUT/solve.txt" 2>&1 &
   solver=$!
   timeout 150 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py \
