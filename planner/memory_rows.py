@@ -8,6 +8,9 @@ for the rules), so the largest row at a plan's variable values is the simulator'
   when held or recomputed (``S[k][s] + R[k][creator]``), any other only when it is kept
   for the next stage (``S[k+1][s]``); after the first node every storage counts as kept
   for the next stage or not at all.
+* Every row adds the workspace (temporaries) of the node running at that step: a constant
+  for a node that always runs, times its recompute variable for a recomputed one, and the
+  difference to the original's for a variant chosen instead.
 * Recompute-phase rows of stage k, one per recompute candidate o (graph order): held
   storages (``H[k]``, the stage's held bytes, one auxiliary variable per stage) plus the
   recomputed storages still live when o has run. A recomputed storage the stage's first
@@ -84,6 +87,8 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
         fixed = base
         expr = pulp.LpAffineExpression()
         n = graph.forward[t]
+        if n not in graph.packs:  # the node's temporaries while it runs (0 when estimated)
+            fixed += graph.nodes[n].workspace_bytes
         if n in graph.packs and graph.nodes[n].workspace_bytes:
             for s in graph.nodes[n].new_storages:
                 if s in keep0:
@@ -180,9 +185,13 @@ def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVa
     aux: list[AuxVariable] = []
 
     def workspace(e: int) -> list[tuple[pulp.LpVariable, int]]:
-        return [(variant[e, v.name], graph.nodes[v.impl].workspace_bytes)
+        """A variant's workspace where it differs from the original's (``own(e)``)."""
+        return [(variant[e, v.name], graph.nodes[v.impl].workspace_bytes - own(e))
                 for v in graph.variants.get(e, [])
-                if (e, v.name) in variant and graph.nodes[v.impl].workspace_bytes]
+                if (e, v.name) in variant and graph.nodes[v.impl].workspace_bytes != own(e)]
+
+    def own(e: int) -> int:
+        return graph.nodes[e].workspace_bytes
 
     for k in range(K):
         stage = graph.stages[k]
@@ -213,13 +222,15 @@ def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVa
             if made and end_live[s] is not None:
                 at_first.append((end_live[s], size[s]))
         first = stage[0]
-        rows.append(linear(at_first + workspace(first), constant=const + live[bpos[first]]))
-        plain = [live[bpos[e]] for e in stage[1:] if not workspace(e)]
+        rows.append(linear(at_first + workspace(first),
+                           constant=const + live[bpos[first]] + own(first)))
+        plain = [live[bpos[e]] + own(e) for e in stage[1:] if not workspace(e)]
         if plain:
             rows.append(linear(after, constant=const + max(plain)))
         for e in stage[1:]:
             if workspace(e):
-                rows.append(linear(after + workspace(e), constant=const + live[bpos[e]]))
+                rows.append(linear(after + workspace(e),
+                                   constant=const + live[bpos[e]] + own(e)))
         if cands[k]:
             rows += _recompute_phase_rows(graph, k, sorted(cands[k]), present[k], keep,
                                           recompute, needs.always, end_live,
@@ -289,6 +300,8 @@ def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int],
     rows = []
     for r, o in enumerate(order):
         terms: list[tuple[pulp.LpVariable, float]] = [(held, 1 / MIB_SCALE)]
+        if graph.nodes[o].workspace_bytes:  # its temporaries, when it is recomputed
+            terms.append((recompute[k, o], graph.nodes[o].workspace_bytes))
         for s, ps in pieces.items():
             var = None
             for start, v in ps:

@@ -327,9 +327,15 @@ def _milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backe
         decisions, steps = improve_by_windows(milp, graph, incumbent.decisions, backend,
                                               options, left)
         if steps:
-            from_milp = evaluate(profile, graph, decisions)
-            objective_of_milp = milp.objective_of(decisions)
-            fitting.append(from_milp)
+            improved = evaluate(profile, graph, decisions)
+            if improved.result.peak_bytes <= budget_bytes:  # the simulator has the last word
+                from_milp = improved
+                objective_of_milp = milp.objective_of(decisions)
+                fitting.append(from_milp)
+            else:
+                log.warning("window search plan peaks at %s over the budget %s: dropped",
+                            format_bytes(improved.result.peak_bytes),
+                            format_bytes(budget_bytes))
     return milp, outcome, from_milp, objective_of_milp
 
 
