@@ -99,7 +99,7 @@ def test_bad_configs(tmp_path):
         ModelConfig.load(str(bad))
 
 
-@pytest.mark.parametrize("fraction", [0.8, 0.7])
+@pytest.mark.parametrize("fraction", [0.7])
 def test_measured_workspaces_are_in_the_solver_rows(fraction):
     """A measured profile gives every node a workspace (cuDNN's can exceed 1 GiB): the
     MILP's memory rows count it as the simulator does, for forward, backward and recomputed
