@@ -1,24 +1,29 @@
 """Solve a profile under a memory budget into a verified Plan."""
 from __future__ import annotations
 
-import itertools
 import logging
 import time
-from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from dataclasses import replace
+from typing import Sequence
 
 from profiler.ir import Profile
 
 from .backends import SolveOptions, SolveOutcome, solve_problem
 from .budget import format_bytes, parse_budget
+from .candidates import (
+    Evaluation,
+    evaluate,
+    heuristic_candidates,
+    lowest_peak_search,
+    peak_search_from,
+    planner_graph,
+    uses_only_variants,
+)
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .graph import PlannerGraph
-from .heuristic import lp_rounding_candidates, structural_candidates
 from .lns import improve_by_windows
-from .peak_search import lower_peak
 from .plan import Plan, SolverInfo
-from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
-from .simulator import SimulationResult, simulate
+from .schedule import Decisions, baseline_decisions
 
 log = logging.getLogger(__name__)
 # Share of the time left after the heuristics that the full MILP gets; window-by-window
@@ -54,21 +59,6 @@ class InfeasibleBudgetError(ValueError):
                          f"{found}; {floor}")
 
 
-@dataclass
-class Evaluation:
-    decisions: Decisions
-    result: SimulationResult
-
-
-def evaluate(profile: Profile, graph: PlannerGraph, decisions: Decisions) -> Evaluation:
-    """Build the schedule for ``decisions`` and simulate it independently."""
-    return Evaluation(decisions, simulate(profile, build_schedule(graph, decisions)))
-
-
-def planner_graph(profile: Profile) -> PlannerGraph:
-    return PlannerGraph.build(profile.nodes, profile.storage_bytes, profile.outputs)
-
-
 def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
     params = sum(profile.storage_bytes[s] for s in graph.constant_storages)
     outs = sum(profile.storage_bytes[s] for s in graph.pinned_storages | graph.tangent_storages)
@@ -87,92 +77,6 @@ def _too_large(graph: PlannerGraph, time_limit_s: float) -> bool:
     return False
 
 
-def _candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                time_limit_s: float, variants: str, lp: bool = True
-                ) -> tuple[list[Evaluation], float | None]:
-    """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
-    and without every variant), simulated; the first is the unoptimised plan. Also the LP
-    relaxation's optimum (for ``budget``, or of the lowest peak without one)."""
-    times = [n.time_s for n in profile.nodes]
-    every = all_variants(graph, variants)
-    plans = itertools.chain(
-        [baseline_decisions(graph)], structural_candidates(graph, times),
-        [baseline_decisions(graph, every)] if every else [],
-        structural_candidates(graph, times, every) if every else [])
-    front = _pareto(evaluate(profile, graph, d) for d in plans)
-    rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
-                                            variants=variants) if lp else ([], None)
-    return _pareto(itertools.chain(front, (evaluate(profile, graph, d) for d in rounded))), \
-        bound
-
-
-def _pareto(evaluations: Iterable[Evaluation]) -> list[Evaluation]:
-    """The first evaluation (the unoptimised plan) and those no other beats in both peak
-    and time, kept as they come: on large graphs (EfficientNet-B7's 814 stages) dozens of
-    dominated plans' keep sets would take gigabytes."""
-    it = iter(evaluations)
-    first = next(it)
-    front: list[Evaluation] = []
-    for e in it:
-        if any(f.result.peak_bytes <= e.result.peak_bytes and f.result.time_s <= e.result.time_s
-               for f in front):
-            continue
-        front = [f for f in front if not (e.result.peak_bytes <= f.result.peak_bytes
-                                          and e.result.time_s <= f.result.time_s)] + [e]
-    return [first] + sorted(front, key=lambda e: e.result.peak_bytes)
-
-
-def _uses_only(graph: PlannerGraph, mode: str, decisions: Decisions) -> bool:
-    """Whether ``decisions`` choose only variants that ``mode`` allows."""
-    allowed = graph.variant_sites(mode)
-    return all(any(v.name == name for v in allowed.get(e, []))
-               for e, name in decisions.variants.items())
-
-
-def _lowest_peak(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
-                 candidates: list[Evaluation]) -> tuple[Evaluation, SolveOutcome]:
-    """The lowest-peak plan among ``candidates`` and the MILP's answer.
-
-    The MILP is warm-started from the unoptimised plan (``candidates[0]``): measured on
-    resnet18, HiGHS proves the optimum in 0.5 s from it, and stalls for 15 s when started
-    from the best checkpoint plan instead. Unless it proves optimality, a peak-directed
-    local search (``planner.peak_search``; up to 40 % of the time, on ResNet-50 it lowers
-    the MILP's best peak by 7 %) and window-by-window improvement follow.
-    """
-    milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True,
-                            variants=options.variants)
-    milp.set_start(candidates[0].decisions)
-    t0 = time.perf_counter()
-    outcome = solve_problem(milp.problem, backend, replace(
-        options, warm_start=True, time_limit_s=0.5 * options.time_limit_s))
-    found = list(candidates)
-    if outcome.has_solution:
-        found.append(evaluate(profile, graph, milp.decisions(len(graph.stages))))
-    if outcome.status != "optimal":
-        # Peak-directed local search from the lowest plan so far (stops when stuck).
-        found.append(_peak_search(profile, graph, replace(
-            options, time_limit_s=0.4 * options.time_limit_s), found))
-    left = options.time_limit_s - (time.perf_counter() - t0)
-    if outcome.status != "optimal" and left > 2.0:
-        # Improve the lowest-peak point of the problem window by window.
-        start = min((e for e in found if milp.represents(e.decisions)),
-                    key=lambda e: milp.evaluate_peak(e.decisions))
-        decisions, steps = improve_by_windows(milp, graph, start.decisions, backend, options,
-                                              left)
-        if steps:
-            found.append(evaluate(profile, graph, decisions))
-    return min(found, key=lambda e: e.result.peak_bytes), outcome
-
-
-def _peak_search(profile: Profile, graph: PlannerGraph, options: SolveOptions,
-                 candidates: list[Evaluation]) -> Evaluation:
-    """The peak-directed local search from the lowest-peak candidate (no solver)."""
-    lowest = min(candidates, key=lambda e: e.result.peak_bytes)
-    decisions, result = lower_peak(profile, graph, lowest.decisions,
-                                   graph.variant_sites(options.variants), options.time_limit_s)
-    return min((lowest, Evaluation(decisions, result)), key=lambda e: e.result.peak_bytes)
-
-
 def smallest_feasible_budget(profile: Profile, backend: str = "highs",
                              options: SolveOptions | None = None) -> tuple[int, float | None]:
     """The peak of the lowest-memory plan found, and a lower bound (bytes) on the peak of
@@ -187,15 +91,15 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     t0 = time.perf_counter()
     graph = planner_graph(profile)
     heuristic_only = _too_large(graph, options.time_limit_s)
-    candidates, _ = _candidates(profile, graph, None, options.time_limit_s / 8,
+    candidates, _ = heuristic_candidates(profile, graph, None, options.time_limit_s / 8,
                                 options.variants, lp=not heuristic_only)
     candidates += [evaluate(profile, graph, d) for d in _LOW_PLANS.get(profile.graph_hash, [])
-                   if _uses_only(graph, options.variants, d)]
+                   if uses_only_variants(graph, options.variants, d)]
     low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
     if heuristic_only:
-        ev, bound = _peak_search(profile, graph, low_options, candidates), None
+        ev, bound = peak_search_from(profile, graph, low_options, candidates), None
     else:
-        ev, outcome = _lowest_peak(profile, graph, backend, low_options, candidates)
+        ev, outcome = lowest_peak_search(profile, graph, backend, low_options, candidates)
         bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
     best, best_decisions = ev.result.peak_bytes, ev.decisions
     lo = max(bound or 0, sum(profile.storage_bytes[s] for s in graph.constant_storages))
@@ -244,11 +148,12 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
 
     t0 = time.perf_counter()
     heuristic_only = _too_large(graph, options.time_limit_s)
-    candidates, lp_bound = _candidates(profile, graph, budget_bytes, options.time_limit_s / 4,
-                                       options.variants, lp=not heuristic_only)
+    candidates, lp_bound = heuristic_candidates(profile, graph, budget_bytes,
+                                                options.time_limit_s / 4, options.variants,
+                                                lp=not heuristic_only)
     hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
     candidates += [evaluate(profile, graph, d) for d in hints
-                   if _uses_only(graph, options.variants, d)]
+                   if uses_only_variants(graph, options.variants, d)]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
@@ -262,10 +167,11 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         # if the solver merely ran out of time, may still find a plan that fits).
         low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
         if heuristic_only:
-            lowest = _peak_search(profile, graph, low_options, candidates)
+            lowest = peak_search_from(profile, graph, low_options, candidates)
             proven = False
         else:
-            lowest, low_outcome = _lowest_peak(profile, graph, backend, low_options, candidates)
+            lowest, low_outcome = lowest_peak_search(profile, graph, backend, low_options,
+                                                     candidates)
             proven = low_outcome.status == "optimal"
         if lowest.result.peak_bytes > budget_bytes:
             raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
