@@ -23,12 +23,12 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from .allocator import allocator_bytes
 from .capture_errors import CaptureError, ModuleTracker, capture_error
+from .descriptors import output_record, placeholder_role
 from .inplace_backward import INPLACE_META, add_backward_in_place
 from .ir import (
     BACKWARD,
     BUFFER,
     FORWARD,
-    INPUT,
     PARAM,
     TANGENT,
     VARIANT_BACKWARD,
@@ -76,43 +76,6 @@ def autocast_name(dtype: torch.dtype | str | None) -> str:
             raise CaptureError(f"autocast dtype {dtype!r} is not a floating dtype; use "
                                "bf16 or fp16")
     return str(dtype)
-
-def _desc_str(desc: Any) -> str:
-    return "" if desc is None else repr(desc)
-
-
-def _placeholder_role(desc: Any) -> tuple[str, str]:
-    kind = type(desc).__name__
-    if kind == "ParamAOTInput":
-        return PARAM, desc.target
-    if kind == "BufferAOTInput":
-        return BUFFER, desc.target
-    if kind == "PlainAOTInput":
-        return INPUT, str(desc.idx)
-    if kind == "TangentAOTInput":
-        return TANGENT, _desc_str(desc.output)
-    raise CaptureError(f"unsupported graph input {desc!r}: only parameters, buffers, "
-                       "tensor inputs and output gradients are handled")
-
-
-def _output_record(desc: Any, node_index: int) -> OutputRecord | None:
-    kind = type(desc).__name__
-    if desc is None:
-        return None
-    if kind == "PlainAOTOutput":
-        return OutputRecord("user", node_index, str(desc.idx))
-    if kind == "InputMutationAOTOutput":
-        mutated = desc.mutated_input
-        if type(mutated).__name__ != "BufferAOTInput":
-            raise CaptureError(f"the model mutates its input {mutated!r} in place; only "
-                               "buffer updates (batch-norm statistics) are supported")
-        return OutputRecord("mutation", node_index, mutated.target)
-    if kind == "GradAOTOutput":
-        of = desc.grad_of
-        target = of.target if type(of).__name__ == "ParamAOTInput" else f"input:{of.idx}"
-        return OutputRecord("grad", node_index, target)
-    raise CaptureError(f"unsupported graph output {desc!r}")
-
 
 def _tensors_of(val: Any) -> list[torch.Tensor]:
     if isinstance(val, torch.Tensor):
@@ -289,7 +252,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         if pid is not None and pid in storage_of_param and len(tensors) == 1:
             sid = storage_of_param[pid]
             storage_of[StorageWeakRef(tensors[0].untyped_storage())] = sid
-            role, desc = _placeholder_role(n.meta.get("desc"))
+            role, desc = placeholder_role(n.meta.get("desc"))
             records.append(NodeRecord(
                 index=i, name=n.name, target=_target_name(n), role=role, inputs=[],
                 storages=[sid], new_storages=[], shape=list(tensors[0].shape),
@@ -317,7 +280,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
             storage_of_param[pid] = storages[0]
         variant, site = "", -1
         if n.op == "placeholder":
-            role, desc = _placeholder_role(n.meta.get("desc"))
+            role, desc = placeholder_role(n.meta.get("desc"))
         elif VARIANT_META in n.meta:
             variant, kind, site_node = n.meta[VARIANT_META]
             role = VARIANT_FORWARD if kind == "forward" else VARIANT_BACKWARD
@@ -341,7 +304,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
     for arg, desc in zip(output_node.args[0], output_node.meta.get("desc", [])):
         if arg is None:
             continue
-        rec = _output_record(desc, index[arg])
+        rec = output_record(desc, index[arg])
         if rec is not None:
             outputs.append(rec)
 
