@@ -113,7 +113,13 @@ def solve_cbc(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
                                gapRel=options.gap, threads=options.threads,
                                warmStart=options.warm_start)
     t0 = time.perf_counter()
-    problem.solve(solver)
+    try:
+        problem.solve(solver)
+    except pulp.PulpSolverError as e:
+        # CBC stopped at a short limit (a window step on a loaded machine) before writing a
+        # solution file: no plan from this solve, which the caller handles like a timeout.
+        log.warning("CBC gave no solution: %s", e)
+        return SolveOutcome("no_solution", None, None, time.perf_counter() - t0)
     return _outcome(problem, time.perf_counter() - t0, None)
 
 

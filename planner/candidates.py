@@ -1,8 +1,9 @@
 """Plans that need no search by the MILP, and how they are compared.
 
 * ``evaluate``: a plan (``Decisions``) built into a schedule and simulated independently;
-* ``heuristic_candidates``: the unoptimised plan, structural checkpoint sets and LP-rounded
-  plans, each with and without every variant, kept on their Pareto front of peak and time;
+* ``heuristic_candidates``: the unoptimised plan, structural checkpoint sets, per-block
+  checkpointing of the model's modules and LP-rounded plans, each with and without every
+  variant, kept on their Pareto front of peak and time;
 * ``lowest_peak_search``: the lowest-peak plan (min-max MILP, then the peak-directed local
   search and window improvement), which names the smallest feasible budget.
 """
@@ -18,7 +19,7 @@ from profiler.ir import Profile
 from .backends import SolveOptions, SolveOutcome, solve_problem
 from .formulation import build_stage_milp
 from .graph import PlannerGraph
-from .heuristic import lp_rounding_candidates, structural_candidates
+from .heuristic import lp_rounding_candidates, module_block_candidates, structural_candidates
 from .lns import improve_by_windows
 from .peak_search import lower_peak
 from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
@@ -53,8 +54,10 @@ def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | No
     every = all_variants(graph, variants)
     plans = itertools.chain(
         [baseline_decisions(graph)], structural_candidates(graph, times),
+        module_block_candidates(graph),
         [baseline_decisions(graph, every)] if every else [],
-        structural_candidates(graph, times, every) if every else [])
+        structural_candidates(graph, times, every) if every else [],
+        module_block_candidates(graph, every) if every else [])
     front = pareto_front(evaluate(profile, graph, d) for d in plans)
     rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
                                             variants=variants) if lp else ([], None)

@@ -20,13 +20,18 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
-                         variants: dict[int, str] | None = None) -> Decisions:
+                         variants: dict[int, str] | None = None,
+                         hold_recomputed: bool = False) -> Decisions:
     """The plan that keeps the outputs of ``checkpoints`` (and of the chosen ``variants``'
-    packs) and recomputes everything else where it is needed."""
+    packs) and recomputes everything else where it is needed. With ``hold_recomputed`` an
+    op is recomputed once, in the first stage that needs it, and its outputs are then held
+    until their last use (what ``torch.utils.checkpoint`` does for a block); otherwise each
+    stage recomputes what it needs from the checkpoints."""
     K = len(graph.stages)
     variants = dict(variants or {})
     recompute: list[set[int]] = [set() for _ in range(K)]
     last_use: dict[int, int] = {}
+    recomputed_at: dict[int, int] = {}  # op -> its stage, where recomputed values are held
     recomputable = set(graph.ops())
     for k in range(K):
         stack = list(graph.stage_need_storages(k, variants))
@@ -35,11 +40,47 @@ def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
             op = graph.creator[s]
             if op in checkpoints or op in graph.packs or op not in recomputable:
                 last_use[s] = k
+            elif recomputed_at.get(op, k) < k:  # held since an earlier stage recomputed it
+                last_use[s] = k
             elif op not in recompute[k]:
                 recompute[k].add(op)
+                if hold_recomputed:
+                    recomputed_at[op] = k
                 stack.extend(graph.op_inputs(op))
-    keep = [{s for s, last in last_use.items() if last >= k} for k in range(K)]
+
+    def available_before(s: int, k: int) -> bool:
+        return recomputed_at.get(graph.creator[s], -1) < k
+
+    keep = [{s for s, last in last_use.items() if last >= k and available_before(s, k)}
+            for k in range(K)]
     return Decisions(keep=keep, recompute=recompute, variants=variants)
+
+
+def module_block_candidates(graph: PlannerGraph, variants: dict[int, str] | None = None,
+                            depths: tuple[int, ...] = (2, 3, 4)) -> Iterator[Decisions]:
+    """Per-block checkpointing, as ``torch.utils.checkpoint`` around every block does: for
+    each depth, the modules whose dotted path has that many parts (``layer1.0``,
+    ``blocks.3``) are blocks. A block keeps only its last op's output and recomputes the
+    rest; ops outside every block keep their outputs. A plan no worse than per-block
+    checkpointing is then always among the candidates."""
+    ops = graph.ops()
+    seen: set[frozenset[int]] = set()
+    for depth in depths:
+        last: dict[str, int] = {}
+        outside: set[int] = set()
+        for o in ops:  # graph order: the last op seen in a block is its output
+            parts = graph.nodes[o].module.split(".") if graph.nodes[o].module else []
+            if len(parts) >= depth:
+                last[".".join(parts[:depth])] = o
+            else:
+                outside.add(o)
+        if len(last) < 2:
+            continue
+        checkpoints = frozenset(outside | set(last.values()))
+        if checkpoints not in seen and len(checkpoints) < len(ops):
+            seen.add(checkpoints)
+            yield checkpoint_decisions(graph, set(checkpoints), variants, hold_recomputed=True)
+            yield checkpoint_decisions(graph, set(checkpoints), variants)
 
 
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,

@@ -122,3 +122,27 @@ def test_problems_too_large_for_the_time_limit_use_heuristics(gpt_case, monkeypa
     assert "too large to build the MILP" in caplog.text
     with pytest.raises(InfeasibleBudgetError, match="the best found in the time limit"):
         solve(gpt_case.profile, 0.05, options=SolveOptions(time_limit_s=2))
+
+
+@pytest.mark.parametrize("name", ["gpt", "resnet18"])
+def test_per_block_checkpointing_is_among_the_candidates(name):
+    """Per-block checkpointing of the model's modules (each op recomputed once, in the first
+    stage that needs it, and held) is a candidate: a valid plan that trains exactly, and no
+    solve at its peak returns a slower plan."""
+    from collections import Counter
+
+    from planner.heuristic import module_block_candidates
+    from planner.solve import evaluate, plan_for
+    case = model_case(name)
+    graph = planner_graph(case.profile)
+    once = []
+    for d in module_block_candidates(graph):
+        counts = Counter(o for stage in d.recompute for o in stage)
+        if counts and max(counts.values()) == 1:
+            once.append((d, evaluate(case.profile, graph, d).result))
+    assert once, "no per-block plan recomputes each op once"
+    d, result = min(once, key=lambda e: e[1].time_s)
+    planned = load_plan(copy.deepcopy(case.model), plan_for(case.profile, d))
+    assert_same_step(train_step(planned, case.inputs), case.eager, exact=True, case=case)
+    plan = solve(case.profile, result.peak_bytes, options=SolveOptions(time_limit_s=5))
+    assert plan.predicted_time_s <= result.time_s * (1 + 1e-9)
