@@ -93,7 +93,7 @@ def profile_phase(args) -> None:
             _profile_one(args, key, device, meta, meta_path)
         except Exception:  # one failing model must not end the phase
             log.exception("%s: profile failed", key)
-        free_memory(device)
+        free_memory(device)  # the model's tensors went with _profile_one's frame
 
 
 def _profile_one(args, key: str, device: torch.device, meta: dict, meta_path: str) -> None:
@@ -118,8 +118,6 @@ def _profile_one(args, key: str, device: torch.device, meta: dict, meta_path: st
     write_atomic(meta_path, json.dumps(meta, indent=1))
     log.info("%s: eager peak %.3f GiB, library %.1f MiB, %d nodes", key,
              eager.peak_allocated / 2**30, library / 2**20, len(profile.nodes))
-    del step, inputs, captured, profile
-    free_memory(device)
 
 
 def _solve_one(profile_path: str, key: str, label: str, info: dict, out: str,

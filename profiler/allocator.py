@@ -24,6 +24,7 @@ def allocator_bytes(nbytes: int, device: torch.device | str) -> int:
     """Bytes the allocator of ``device`` takes for a storage of ``nbytes``: rounded up to a
     multiple of 512 on CUDA (0 stays 0), unchanged elsewhere."""
     nbytes = int(nbytes)
-    if torch.device(device).type != "cuda" or nbytes <= 0:
+    kind = device.type if isinstance(device, torch.device) else torch.device(device).type
+    if kind != "cuda" or nbytes <= 0:
         return nbytes
     return -(-nbytes // CUDA_BLOCK_BYTES) * CUDA_BLOCK_BYTES

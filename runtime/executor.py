@@ -38,9 +38,7 @@ class MemoryCounter:
         keys: dict[int, int] = {}
         for t in self._tensors(value):
             st = t.untyped_storage()
-            nbytes = st.nbytes()
-            keys[st.data_ptr()] = allocator_bytes(nbytes, t.device) \
-                if t.is_cuda else nbytes
+            keys[st.data_ptr()] = allocator_bytes(st.nbytes(), t.device)
         return keys
 
     def add(self, value: Any) -> None:
