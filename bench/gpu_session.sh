@@ -4,7 +4,9 @@
 #   2. the solves, on the device machine's CPUs (PuLP and HiGHS carried as wheels in .whl),
 #      while the GPU tests (tests/test_gpu.py) run;
 #   3. our plans against eager and per-block checkpointing (run_a);
-#   4. the torch.compile baselines (run_c), for as long as the deadline leaves.
+#   4. where the GPU time of eager's step and of ours goes, kernel by kernel, for the models
+#      in KERNEL_MODELS (bench/kernel_breakdown.py; phase "kernels");
+#   5. the torch.compile baselines (run_c), for as long as the deadline leaves.
 # Every phase writes as it goes and the work folder is packed after each, so a deadline
 # or a kill keeps what finished. Output, all in $OUT: gpu.txt (device, versions, date),
 # log.txt, solve.txt, test_gpu.txt and work.tgz (profiles, plans, run_a, run_c).
@@ -18,7 +20,8 @@ MODELS=${MODELS:-"resnet50 gpt"}
 COMPILE_MODELS=${COMPILE_MODELS:-$MODELS}
 DEADLINE=${DEADLINE:-585}      # seconds from the start for the whole script
 TIME_LIMIT=${TIME_LIMIT:-60}   # seconds per solve
-PHASES=${PHASES:-"profile solve run_a run_c"}
+PHASES=${PHASES:-"profile solve run_a kernels run_c"}
+KERNEL_MODELS=${KERNEL_MODELS:-resnet50}
 STEPS=${STEPS:-"--warmup 2 --steps 8"}
 EXTRA=${EXTRA:-}               # e.g. "--small --device cpu" for a dry run here
 W=.gpu/work
@@ -57,6 +60,15 @@ if has run_a; then
   echo "== run_a ($(left) s left)" | tee -a "$OUT/log.txt"
   timeout $(( $(left) - 20 )) python3 bench/compare.py run --plans "$W/plans" --models $MODELS $EXTRA \
     --methods eager checkpoint ours $STEPS --out "$W/run_a" 2>&1 | tee -a "$OUT/log.txt"
+  pack
+fi
+if has kernels && [[ -z "$EXTRA" ]]; then
+  echo "== kernels ($(left) s left)" | tee -a "$OUT/log.txt"
+  for m in $KERNEL_MODELS; do
+    timeout $(( $(left) - 20 )) python3 bench/kernel_breakdown.py --model "$m" \
+      --plans "$W/plans" --labels unoptimised 1/3 --out "$W/kernels" 2>&1 | tail -n 60 \
+      | tee -a "$OUT/log.txt"
+  done
   pack
 fi
 if has run_c; then

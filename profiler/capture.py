@@ -23,8 +23,14 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from .allocator import allocator_bytes
 from .capture_errors import CaptureError, ModuleTracker, capture_error
+from .batch_norm_kernels import route_batch_norm_to_cudnn
 from .descriptors import output_record, placeholder_role
-from .inplace_backward import INPLACE_META, add_backward_in_place
+from .inplace_backward import (
+    INPLACE_META,
+    INPLACE_REPLACED,
+    add_backward_in_place,
+    softmax_backward_in_place,
+)
 from .ir import (
     BACKWARD,
     BUFFER,
@@ -162,6 +168,8 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
     insert_variants(gm, forward)
     if rewrite_backward:
         add_backward_in_place(gm, forward)
+        softmax_backward_in_place(gm, forward)
+    route_batch_norm_to_cudnn(gm)
     return _label(gm, model, example_inputs, joint.out_spec, amp)
 
 
@@ -262,6 +270,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         for inp in n.all_input_nodes:
             for t in _tensors_of(inp.meta.get("val")):
                 input_refs[StorageWeakRef(t.untyped_storage())] = True
+            if INPLACE_REPLACED in inp.meta:  # views traced from the value it replaced
+                input_refs[StorageWeakRef(inp.meta[INPLACE_REPLACED].untyped_storage())] = True
         storages, new = [], []
         for t in tensors:
             ref = StorageWeakRef(t.untyped_storage())
@@ -276,6 +286,8 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
                 new.append(sid)
             if sid not in storages:
                 storages.append(sid)
+        if INPLACE_REPLACED in n.meta:
+            storage_of[StorageWeakRef(n.meta[INPLACE_REPLACED].untyped_storage())] = storages[0]
         if pid is not None and len(storages) == 1:
             storage_of_param[pid] = storages[0]
         variant, site = "", -1

@@ -1,4 +1,5 @@
-"""Backward additions written into a dead input: ``a + b`` becomes ``a.add_(b)``.
+"""Backward ops written into a dead input: ``a + b`` becomes ``a.add_(b)``, and a softmax
+backward overwrites its incoming gradient.
 
 In the backward pass, the gradients reaching a tensor along several paths (the two
 branches of a residual block, a value read twice) are summed by ``aten.add.Tensor``,
@@ -8,6 +9,11 @@ written into it: the step holds one gradient-sized tensor less. Backward nodes r
 in graph order, so whether a summand is dead is a fact of the graph, not a planning
 decision; the rewrite is applied at capture wherever it holds. IEEE addition is
 commutative, so ``b.add_(a)`` is bit-identical to ``a + b``.
+
+The same holds for ``aten._log_softmax_backward_data`` and ``aten._softmax_backward_data``
+over the last dimension: their incoming gradient is usually a backward tensor with no other
+reader (``nll_loss_backward``'s output in a cross-entropy), and rows are independent, so
+``variant_ops.softmax_backward_into`` computes the result a chunk of rows at a time into it.
 
 The forward pass's residual additions are not rewritten: whether their inputs are dead
 depends on what the plan keeps and recomputes.
@@ -28,6 +34,9 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 INPLACE_META = "monet_inplace"  # the input node whose storage a node writes into
+# The fake value of the node an in-place node replaced: users traced before the rewrite
+# (views of the result) reference its storage, which is the written input's storage now.
+INPLACE_REPLACED = "monet_inplace_replaced"
 
 
 def _owns_storage(node: fx.Node, val: torch.Tensor) -> bool:
@@ -48,15 +57,64 @@ def _dead_summand(node: fx.Node, forward: set[fx.Node]) -> fx.Node | None:
     if node.op != "call_function" or node.target is not aten.add.Tensor or node in forward \
             or node.kwargs or len(node.args) != 2:
         return None
+    return next((arg for arg in node.args if _dead_input(node, arg, forward)), None)
+
+
+def _dead_input(node: fx.Node, arg: object, forward: set[fx.Node]) -> bool:
+    """``arg`` is a backward tensor that owns its storage, is read only by ``node``, and
+    has ``node``'s shape, dtype and strides: ``node`` may write its result into it."""
     out = node.meta.get("val")
-    for arg in node.args:
-        val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
-        if isinstance(val, torch.Tensor) and arg not in forward and len(arg.users) == 1 \
-                and INPLACE_META not in arg.meta and _owns_storage(arg, val) \
-                and val.shape == out.shape and val.dtype == out.dtype \
-                and val.stride() == out.stride():
-            return arg
-    return None
+    val = arg.meta.get("val") if isinstance(arg, fx.Node) else None
+    return isinstance(val, torch.Tensor) and isinstance(out, torch.Tensor) \
+        and arg not in forward and len(arg.users) == 1 and INPLACE_META not in arg.meta \
+        and _owns_storage(arg, val) and val.shape == out.shape and val.dtype == out.dtype \
+        and val.stride() == out.stride()
+
+
+_SOFTMAX_BACKWARD = {aten._log_softmax_backward_data.default: True,
+                     aten._softmax_backward_data.default: False}
+SOFTMAX_CHUNK_BYTES = 64 * 2**20  # the most one chunk of the result holds
+
+
+def _softmax_into_args(node: fx.Node, forward: set[fx.Node]) -> tuple | None:
+    """The ``softmax_backward_into`` arguments for a softmax backward over the last
+    dimension of contiguous tensors whose incoming gradient is dead, else None."""
+    if node.op != "call_function" or node.target not in _SOFTMAX_BACKWARD or node in forward:
+        return None
+    grad, out, dim, input_dtype = node.args
+    val = node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or val.dim() == 0 or \
+            dim not in (-1, val.dim() - 1) or not val.is_contiguous() or \
+            not isinstance(out, fx.Node) or not out.meta["val"].is_contiguous() or \
+            not _dead_input(node, grad, forward):
+        return None
+    row_bytes = val.shape[-1] * val.element_size()
+    rows = max(1, SOFTMAX_CHUNK_BYTES // row_bytes)
+    return grad, out, -1, input_dtype, _SOFTMAX_BACKWARD[node.target], rows
+
+
+def softmax_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
+    """Rewrite every softmax or log-softmax backward whose incoming gradient is dead into
+    ``variant_ops.softmax_backward_into``. Returns the count."""
+    graph = gm.graph
+    count = 0
+    for node in list(graph.nodes):
+        args = _softmax_into_args(node, forward)
+        if args is None:
+            continue
+        new = call_before(graph, node, ops.softmax_backward_into, args)
+        new.meta[INPLACE_META] = args[0]
+        new.meta[INPLACE_REPLACED] = node.meta["val"]
+        val = node.meta["val"]
+        rows = min(args[-1], val.numel() // val.shape[-1])
+        new.meta["monet_workspace"] = rows * val.shape[-1] * val.element_size()
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        count += 1
+    if count:
+        gm.recompile()
+    log.info("%d softmax backward nodes write into their dead incoming gradient", count)
+    return count
 
 
 def add_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
@@ -71,6 +129,7 @@ def add_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
         other = node.args[1] if node.args[0] is dead else node.args[0]
         new = call_before(graph, node, ops.add_into, (dead, other))
         new.meta[INPLACE_META] = dead
+        new.meta[INPLACE_REPLACED] = node.meta["val"]
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         count += 1

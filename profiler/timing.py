@@ -18,7 +18,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import variant_ops
+from . import batch_norm_kernels, variant_ops
 from .capture import CapturedGraph
 from .ir import BUFFER, INPUT, PARAM, TANGENT
 
@@ -42,8 +42,10 @@ DEVICE_MODELS = {
 
 
 def _is_variant_op(target: object) -> bool:
-    """A function of ``profiler.variant_ops``: its aten calls are counted like any op's."""
-    return getattr(target, "__module__", None) == variant_ops.__name__
+    """A function of ``profiler.variant_ops`` or ``profiler.batch_norm_kernels``: its aten
+    calls are counted like any op's."""
+    return getattr(target, "__module__", None) in (variant_ops.__name__,
+                                                   batch_norm_kernels.__name__)
 
 
 def count_flops(captured: CapturedGraph) -> list[int]:

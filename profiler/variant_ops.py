@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .batch_norm_kernels import batch_norm_backward
+
 aten = torch.ops.aten
 
 _BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -115,7 +117,7 @@ def batch_norm_backward_from_output(
     _check_weight(weight, "batch-norm")
     x_hat = _normalized_input(out, weight, bias, [1, -1] + [1] * (out.dim() - 2))
     scale = save_invstd if weight is None else weight * save_invstd
-    return aten.native_batch_norm_backward.default(
+    return batch_norm_backward(
         grad, x_hat, scale, running_mean, running_var, torch.zeros_like(save_mean),
         torch.ones_like(save_invstd), train, eps, output_mask)
 
@@ -227,3 +229,23 @@ def convolution_backward_input(
 def add_into(a: Tensor, b: Tensor) -> Tensor:
     """``a + b`` written into ``a`` (whose value is dead): same result, no new tensor."""
     return a.add_(b)
+
+
+def softmax_backward_into(grad: Tensor, out: Tensor, dim: int, input_dtype: torch.dtype,
+                          log: bool, rows_per_chunk: int) -> Tensor:
+    """``aten._log_softmax_backward_data`` (``log``) or ``aten._softmax_backward_data``
+    written into ``grad`` (whose value is dead), ``rows_per_chunk`` rows at a time.
+
+    ``dim`` is the last dimension, so rows are independent: each chunk runs the same aten
+    kernel on its rows and is copied back over them, bit-identical to the whole call. The
+    step holds one chunk (the kernel's result) instead of a second tensor of ``grad``'s
+    size: for a GPT's cross-entropy over a 50257-token vocabulary, 1.5 GiB less.
+    """
+    kernel = aten._log_softmax_backward_data.default if log else \
+        aten._softmax_backward_data.default
+    flat_grad = grad.view(-1, grad.shape[-1])
+    flat_out = out.view(-1, out.shape[-1])
+    for start in range(0, flat_grad.shape[0], rows_per_chunk):
+        rows = slice(start, start + rows_per_chunk)
+        flat_grad[rows] = kernel(flat_grad[rows], flat_out[rows], -1, input_dtype)
+    return grad

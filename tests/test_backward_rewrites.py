@@ -122,3 +122,53 @@ def test_gradient_sums_written_into_a_dead_summand():
     assert planned.last_peak_bytes == plan.predicted_peak_bytes
     for (name, p), q in zip(model.named_parameters(), planned.module.parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+class ClassifierLoss(nn.Module):
+    """A linear classifier and its cross-entropy inside the graph, as bench/compare.py
+    captures a step: ``nll_loss_backward``'s gradient feeds the log-softmax backward."""
+
+    def __init__(self, width: int = 32, classes: int = 3000):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(width, width), nn.Tanh())
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x, target):
+        return nn.functional.cross_entropy(self.head(self.body(x)), target) * 1.0
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 40_000])
+def test_log_softmax_backward_written_into_its_dead_gradient(monkeypatch, chunk_bytes):
+    from profiler import inplace_backward
+    if chunk_bytes:  # several chunks of 3 rows (12 KB each)
+        monkeypatch.setattr(inplace_backward, "SOFTMAX_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = ClassifierLoss()
+    inputs = (torch.randn(64, 32), torch.randint(0, 3000, (64,)))
+    plain = profile_model(model, inputs, estimate=True, rewrite_backward=False)
+    profile = profile_model(model, inputs, estimate=True)
+    in_place = [n for n in profile.nodes if n.target.endswith("softmax_backward_into")]
+    assert len(in_place) == 1 and in_place[0].writes_into >= 0
+    assert not in_place[0].new_storages
+    logits = 64 * 3000 * 4
+    assert _memory_at_sums(profile, in_place[0].target) == [
+        m - logits + in_place[0].workspace_bytes
+        for m in _memory_at_sums(plain, "aten._log_softmax_backward_data.default")]
+    plan = solve(profile, 1.0, options=SolveOptions(time_limit_s=5))
+    planned = load_plan(copy.deepcopy(model), plan)
+    planned(*inputs).backward()
+    model(*inputs).backward()
+    assert planned.last_peak_bytes == plan.predicted_peak_bytes
+    for (name, p), q in zip(model.named_parameters(), planned.module.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+
+
+def test_softmax_backward_into_equals_aten_kernel():
+    torch.manual_seed(0)
+    out = torch.randn(7, 5, 33).softmax(-1)
+    grad = torch.randn(7, 5, 33)
+    for log, kernel in ((False, aten._softmax_backward_data.default),
+                        (True, aten._log_softmax_backward_data.default)):
+        expected = kernel(grad, out, -1, torch.float32)
+        result = vo.softmax_backward_into(grad.clone(), out, -1, torch.float32, log, 4)
+        assert torch.equal(result, expected)

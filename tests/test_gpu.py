@@ -128,3 +128,39 @@ def test_plan_gradients_match_eager_on_cuda(make):
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False  # torch's default
         torch.backends.cudnn.allow_tf32 = True  # torch's default
+
+
+@requires_cuda
+def test_batch_norm_runs_through_cudnn_like_eager():
+    """The captured graph's batch norms are retargeted on CUDA, pick cuDNN exactly where
+    eager does, and an unoptimised planned step of a conv-BN-ReLU stack is bit-identical to
+    eager in deterministic mode (same kernels, same order)."""
+    from planner.schedule import baseline_decisions
+    from planner.solve import plan_for, planner_graph
+    from profiler import capture, profile_model
+    from profiler.batch_norm_kernels import batch_norm_backward, batch_norm_training
+    from runtime import load_plan
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.BatchNorm2d(16)).cuda().train()
+        x = torch.randn(8, 3, 32, 32, device="cuda")
+        captured = capture(model, (x,))
+        targets = [n.target for n in captured.nodes]
+        assert targets.count(batch_norm_training) == 2
+        assert targets.count(batch_norm_backward) + sum(
+            "from_output" in getattr(t, "__name__", "") for t in targets) >= 2
+        profile = profile_model(model, (x,), estimate=False, repeats=1)
+        plan = plan_for(profile, baseline_decisions(planner_graph(profile)))
+        eager, planned = copy.deepcopy(model), load_plan(copy.deepcopy(model), plan)
+        _step(eager, x)
+        _step(planned, x)
+        for p, q in zip(eager.parameters(), planned.module.parameters()):
+            assert torch.equal(p.grad, q.grad)
+        for a, b in zip(eager.buffers(), planned.module.buffers()):
+            assert torch.equal(a, b)
+    finally:
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = False, benchmark
