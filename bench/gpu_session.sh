@@ -31,13 +31,17 @@ left() { echo $(( DEADLINE - ($(date +%s) - START) )); }
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 pack() { tar czf "$OUT/work.tgz" -C "$W" . 2>/dev/null; }
 export PYTHONUNBUFFERED=1
+# Expandable segments make the allocator split every block it hands out, so allocated bytes
+# are the requests rounded to 512, as the planner counts them (bench/memory_model.md).
+# ALLOC_CONF= (empty) measures with torch's default allocator instead.
+export PYTORCH_CUDA_ALLOC_CONF=${ALLOC_CONF-expandable_segments:True}
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-  nproc; date -u; } >> "$OUT/gpu.txt" 2>&1
+  nproc; date -u; echo "PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF"; } >> "$OUT/gpu.txt" 2>&1
 if has profile; then
   echo "== profile ($(left) s left)" | tee -a "$OUT/log.txt"
   timeout $(( $(left) - 330 )) python3 bench/compare.py profile --models $MODELS $EXTRA \

@@ -8,7 +8,9 @@ recomputations the plan prescribes) and hands parameter gradients to autograd, w
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import re
 from typing import Any
 
@@ -206,6 +208,20 @@ class PlanRunner:
         return [None if n is None else env[n] for n in self.grad_nodes]
 
 
+@functools.cache
+def _advise_expandable_segments() -> None:
+    """Say once how to make the allocator's count match the plan's: without expandable
+    segments the CUDA caching allocator may hand out a cached block up to 1 MiB larger than
+    a tensor (it does not split smaller remainders), so ``max_memory_allocated`` can exceed
+    the predicted peak by that much per live tensor (bench/memory_model.md)."""
+    conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + \
+        os.environ.get("PYTORCH_ALLOC_CONF", "")
+    if "expandable_segments:True" not in conf:
+        log.warning("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True is not set: the measured "
+                    "peak can exceed the plan's prediction by up to 1 MiB per live tensor "
+                    "(whole cached blocks); set it before CUDA starts for the plan's figure")
+
+
 class PlannedModule(torch.nn.Module):
     """A model that trains with a plan's schedule; evaluation and no-grad calls run eagerly."""
 
@@ -226,6 +242,8 @@ class PlannedModule(torch.nn.Module):
                                     f"on the plan's inputs {plan.input_shapes}: {e}") from e
         _check_plan(plan, captured, module)
         self.runner = PlanRunner(module, plan, captured)
+        if device.type == "cuda":
+            _advise_expandable_segments()
 
     @property
     def last_peak_bytes(self) -> int:

@@ -61,3 +61,15 @@ def test_compare_imports_no_solver_at_module_level():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=120, env=dict(os.environ, PYTHONPATH=ROOT))
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+def test_grad_difference_floors_gradients_that_are_zero_in_exact_arithmetic():
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    from measure import grad_difference
+    weight, bias = torch.full((4,), 2.5), torch.full((4,), 4e-7)  # bias: rounding noise
+    # Noise of the same size on the bias is 1.6e-4 of the floor, not a 100 % difference.
+    assert grad_difference([weight, bias * 2], [weight, bias]) < 1e-3
+    # A real difference still shows on any parameter, relative to its own scale.
+    assert grad_difference([weight * 1.1, bias], [weight, bias]) == pytest.approx(0.1)
+    assert grad_difference([weight, bias + 1e-2], [weight, bias]) > 1

@@ -99,8 +99,10 @@ def test_measured_peak_within_budget_and_prediction(make):
     planned = load_plan(copy.deepcopy(model), plan)
     measured = _measured_peak(planned, x)
     predicted = plan.predicted_peak_bytes + library
-    assert measured <= target, (measured, target)
-    assert abs(measured / predicted - 1) <= 0.02, (measured, predicted, library)
+    figures = dict(measured=measured, predicted=predicted, ratio=measured / predicted,
+                   target=target, library=library)
+    assert measured <= target, figures
+    assert abs(measured / predicted - 1) <= 0.02, figures
 
 
 @requires_cuda
