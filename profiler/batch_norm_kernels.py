@@ -31,18 +31,29 @@ log = logging.getLogger(__name__)
 aten = torch.ops.aten
 
 
+_CHOICES: dict[tuple, bool] = {}  # what decides the backend -> whether cuDNN applies
+
+
 def _cudnn_applies(x: Tensor, weight: Tensor | None, bias: Tensor | None,
                    running_mean: Tensor | None, running_var: Tensor | None,
                    eps: float) -> bool:
     """Whether eager would run this training batch norm through cuDNN, with no reserve
-    buffer to carry to the backward."""
+    buffer to carry to the backward. ATen's choice depends only on the tensors' metadata
+    and cuDNN's global flags; it is cached on them, because asking cuDNN for the reserve
+    size builds descriptors on every call (the GPU otherwise waits on these calls where a
+    plan runs many short recomputed batch norms)."""
     if not x.is_cuda or weight is None or bias is None or \
             isinstance(x, torch._subclasses.FakeTensor):
         return False
-    backend = torch._C._select_batch_norm_backend(
-        x, weight, bias, running_mean, running_var, True, eps)
-    return backend == torch._C._BatchNormBackend.Cudnn and \
-        torch._C._get_cudnn_batch_norm_reserve_space_size(x, True) == 0
+    key = (tuple(x.shape), x.stride(), x.dtype, x.device, weight.dtype, bias.dtype,
+           running_mean is None, running_var is None, eps, torch.backends.cudnn.enabled)
+    choice = _CHOICES.get(key)
+    if choice is None:
+        backend = torch._C._select_batch_norm_backend(
+            x, weight, bias, running_mean, running_var, True, eps)
+        choice = _CHOICES[key] = backend == torch._C._BatchNormBackend.Cudnn and \
+            torch._C._get_cudnn_batch_norm_reserve_space_size(x, True) == 0
+    return choice
 
 
 def batch_norm_training(x: Tensor, weight: Tensor | None, bias: Tensor | None,
