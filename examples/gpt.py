@@ -31,6 +31,23 @@ class GPT(nn.Module):
         return self.head(self.norm(h))
 
 
+class GPTWithLoss(GPT):
+    """The GPT and its next-token cross-entropy in one module: ``forward(tokens, targets)``
+    returns the loss. Profiled and planned this way, the loss is in the graph, so the
+    logits, their log-softmax and their gradients (1.5 GiB each for the GPT of DESIGN.md)
+    are planned like any activation instead of being held by the user's loss outside.
+    Train it as ``planned(tokens, targets).backward()``.
+    """
+
+    def forward(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(tokens)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        # A node of its own for the step's output: nll_loss_forward also returns the total
+        # weight its backward reads, and an op whose other output is the held user output
+        # cannot be recomputed.
+        return loss * 1.0
+
+
 def gpt_small(batch: int = 4, seq: int = 64, vocab: int = 512):
     """A 2-layer GPT with dropout and a token batch: ``monet profile examples.gpt:gpt_small``."""
     model = GPT(vocab=vocab, d=64, heads=4, layers=2, seq=seq, dropout=0.1)
