@@ -172,3 +172,26 @@ def test_softmax_backward_into_equals_aten_kernel():
         expected = kernel(grad, out, -1, torch.float32)
         result = vo.softmax_backward_into(grad.clone(), out, -1, torch.float32, log, 4)
         assert torch.equal(result, expected)
+
+
+def test_gpt_with_its_loss_in_the_graph_plans_the_logits():
+    """examples.gpt.GPTWithLoss: the loss is the graph's output, the log-softmax backward
+    writes into its incoming gradient, and a recomputing plan's step equals eager's."""
+    from examples.gpt import GPTWithLoss
+    torch.manual_seed(0)
+    model = GPTWithLoss(vocab=300, d=16, heads=2, layers=2, seq=8)
+    inputs = (torch.randint(0, 300, (4, 8)), torch.randint(0, 300, (4, 8)))
+    profile = profile_model(model, inputs, estimate=True)
+    assert sum(n.target.endswith("softmax_backward_into") for n in profile.nodes) == 1
+    # Exact variants only: the norm-from-output ones change the arithmetic.
+    plan = solve(profile, 0.8, options=SolveOptions(time_limit_s=5, variants="exact"))
+    assert sum(map(len, plan.recompute)) > 0
+    planned = load_plan(copy.deepcopy(model), plan)
+    loss = planned(*inputs)
+    loss.backward()
+    expected = model(*inputs)
+    expected.backward()
+    assert torch.equal(loss, expected)
+    assert planned.last_peak_bytes == plan.predicted_peak_bytes
+    for (name, p), q in zip(model.named_parameters(), planned.module.parameters()):
+        assert torch.equal(p.grad, q.grad), name
