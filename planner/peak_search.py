@@ -74,16 +74,19 @@ def _simulate(profile: Profile, graph: PlannerGraph, decisions: Decisions
 
 
 def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: dict,
-               time_limit_s: float) -> tuple[Decisions, SimulationResult]:
+               time_limit_s: float, stop_at: int | None = None
+               ) -> tuple[Decisions, SimulationResult]:
     """Starting from ``start``'s checkpoints and variants, the lowest-peak checkpoint plan
-    the local search reaches within ``time_limit_s`` (``sites``: the variants allowed)."""
+    the local search reaches within ``time_limit_s`` (``sites``: the variants allowed), or
+    the first one whose peak is at most ``stop_at``: the fewest moves from ``start``."""
     t0 = time.perf_counter()
     checkpoints = checkpoints_of(graph, start)
     variants = {e: n for e, n in start.variants.items() if e in sites}
     best = checkpoint_decisions(graph, checkpoints, variants)
     result, stage = _simulate(profile, graph, best)
     moves = 0
-    while time.perf_counter() - t0 < time_limit_s:
+    while time.perf_counter() - t0 < time_limit_s and \
+            (stop_at is None or result.peak_bytes > stop_at):
         improved = False
         for cand_checkpoints, cand_variants in _moves(graph, best, checkpoints, variants,
                                                       stage, sites):

@@ -17,6 +17,7 @@ from .candidates import (
     lowest_peak_search,
     peak_search_from,
     planner_graph,
+    repaired_candidates,
     uses_only_variants,
 )
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
@@ -155,6 +156,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     candidates += [evaluate(profile, graph, d) for d in hints
                    if uses_only_variants(graph, options.variants, d)]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
+    fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
+                                   options.time_limit_s / 6)
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only:

@@ -146,3 +146,22 @@ def test_per_block_checkpointing_is_among_the_candidates(name):
     assert_same_step(train_step(planned, case.inputs), case.eager, exact=True, case=case)
     plan = solve(case.profile, result.peak_bytes, options=SolveOptions(time_limit_s=5))
     assert plan.predicted_time_s <= result.time_s * (1 + 1e-9)
+
+
+def test_near_miss_candidates_are_repaired_to_the_budget():
+    """repaired_candidates: from a fast plan just over the budget, the peak-directed search
+    stops at the first plan within it; nothing is repaired where that plan already fits."""
+    import torch
+    import torchvision
+    from planner.candidates import heuristic_candidates, pareto_front, repaired_candidates
+    from profiler import profile_model
+    torch.manual_seed(0)
+    model, x = torchvision.models.resnet18(num_classes=10), torch.randn(16, 3, 64, 64)
+    profile = profile_model(model, (x,), estimate=True)
+    graph = planner_graph(profile)
+    candidates, _ = heuristic_candidates(profile, graph, None, 5, "all", lp=False)
+    over = sorted(pareto_front(candidates), key=lambda e: e.result.peak_bytes)[1]
+    budget = over.result.peak_bytes - 1
+    repaired = repaired_candidates(profile, graph, [over], budget, "all", 5)
+    assert repaired and all(e.result.peak_bytes <= budget for e in repaired)
+    assert repaired_candidates(profile, graph, [over], over.result.peak_bytes, "all", 5) == []
