@@ -157,7 +157,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                    if uses_only_variants(graph, options.variants, d)]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
-                                   options.time_limit_s / 6)
+                                   options.time_limit_s / 10)
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only:
