@@ -26,18 +26,10 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from baselines import MODELS, autocast_context, build  # noqa: E402
-from measure import free_memory  # noqa: E402
+from measure import free_memory, training_step  # noqa: E402
 from report import write_atomic  # noqa: E402
 
 log = logging.getLogger("bench.kernels")
-
-
-def _step(module: torch.nn.Module, inputs, autocast) -> None:
-    for p in module.parameters():
-        p.grad = None
-    with autocast:
-        loss = module(*inputs)
-    loss.backward()
 
 
 def profile_step(module: torch.nn.Module, inputs, autocast, warmup: int = 3
@@ -46,11 +38,11 @@ def profile_step(module: torch.nn.Module, inputs, autocast, warmup: int = 3
     first."""
     from torch.profiler import ProfilerActivity, profile
     for _ in range(warmup):
-        _step(module, inputs, autocast)
+        training_step(module, inputs, autocast)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         start = time.perf_counter()
-        _step(module, inputs, autocast)
+        training_step(module, inputs, autocast)
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
     kernels: dict[str, list[float]] = {}

@@ -49,7 +49,8 @@ def resident_bytes(device: torch.device) -> int:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
 
 
-def _step(module: torch.nn.Module, inputs, autocast) -> torch.Tensor:
+def training_step(module: torch.nn.Module, inputs, autocast) -> torch.Tensor:
+    """One forward and backward with fresh gradients; the loss, detached."""
     for p in module.parameters():
         p.grad = None
     with autocast:
@@ -66,7 +67,7 @@ def _cpu_peak(module: torch.nn.Module, inputs, autocast) -> int:
     tracker = MemTracker()
     tracker.track_external(module, *inputs)
     with tracker:
-        _step(module, inputs, autocast)
+        training_step(module, inputs, autocast)
     snapshot = tracker.get_tracker_snapshot("peak")
     return int(sum(d["Total"] for d in snapshot.values()))
 
@@ -83,14 +84,14 @@ def measure_step(module: torch.nn.Module, inputs, device: torch.device,
     cuda = device.type == "cuda"
     torch.manual_seed(seed)
     for _ in range(warmup):
-        _step(module, inputs, autocast)
+        training_step(module, inputs, autocast)
     # The peak step, from a clean counter (the warm-up's gradients are dropped first).
     for p in module.parameters():
         p.grad = None
     if cuda:
         free_memory(device)
         torch.manual_seed(seed)
-        loss = _step(module, inputs, autocast)
+        loss = training_step(module, inputs, autocast)
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device)
         reserved = torch.cuda.max_memory_reserved(device)
@@ -99,7 +100,7 @@ def measure_step(module: torch.nn.Module, inputs, device: torch.device,
         peak = _cpu_peak(module, inputs, autocast)
         reserved = peak
         torch.manual_seed(seed)
-        loss = _step(module, inputs, autocast)
+        loss = training_step(module, inputs, autocast)
     grads = None
     if keep_grads:
         grads = [torch.zeros(p.shape) if p.grad is None else p.grad.detach().float().cpu()
@@ -110,13 +111,13 @@ def measure_step(module: torch.nn.Module, inputs, device: torch.device,
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
             start.record()
-            _step(module, inputs, autocast)
+            training_step(module, inputs, autocast)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end) / 1e3)
         else:
             t0 = time.perf_counter()
-            _step(module, inputs, autocast)
+            training_step(module, inputs, autocast)
             times.append(time.perf_counter() - t0)
     for p in module.parameters():
         p.grad = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from typing import Any, Callable
 
 import torch
 import torch.fx as fx
@@ -76,9 +77,10 @@ _SOFTMAX_BACKWARD = {aten._log_softmax_backward_data.default: True,
 SOFTMAX_CHUNK_BYTES = 64 * 2**20  # the most one chunk of the result holds
 
 
-def _softmax_into_args(node: fx.Node, forward: set[fx.Node]) -> tuple | None:
+def _softmax_into_args(node: fx.Node, forward: set[fx.Node]) -> tuple[tuple, int] | None:
     """The ``softmax_backward_into`` arguments for a softmax backward over the last
-    dimension of contiguous tensors whose incoming gradient is dead, else None."""
+    dimension of contiguous tensors whose incoming gradient is dead, and the bytes of the
+    chunk it computes at a time; else None."""
     if node.op != "call_function" or node.target not in _SOFTMAX_BACKWARD or node in forward:
         return None
     grad, out, dim, input_dtype = node.args
@@ -90,7 +92,19 @@ def _softmax_into_args(node: fx.Node, forward: set[fx.Node]) -> tuple | None:
         return None
     row_bytes = val.shape[-1] * val.element_size()
     rows = max(1, SOFTMAX_CHUNK_BYTES // row_bytes)
-    return grad, out, -1, input_dtype, _SOFTMAX_BACKWARD[node.target], rows
+    chunk_bytes = min(rows, val.numel() // val.shape[-1]) * row_bytes
+    return (grad, out, -1, input_dtype, _SOFTMAX_BACKWARD[node.target], rows), chunk_bytes
+
+
+def _write_in_place(graph: fx.Graph, node: fx.Node, fn: Callable[..., Any], args: tuple,
+                    dead: fx.Node) -> fx.Node:
+    """Replace ``node`` by ``fn(*args)``, which writes its result into ``dead``'s storage."""
+    new = call_before(graph, node, fn, args)
+    new.meta[INPLACE_META] = dead
+    new.meta[INPLACE_REPLACED] = node.meta["val"]
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
 
 
 def softmax_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
@@ -99,17 +113,12 @@ def softmax_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
     graph = gm.graph
     count = 0
     for node in list(graph.nodes):
-        args = _softmax_into_args(node, forward)
-        if args is None:
+        found = _softmax_into_args(node, forward)
+        if found is None:
             continue
-        new = call_before(graph, node, ops.softmax_backward_into, args)
-        new.meta[INPLACE_META] = args[0]
-        new.meta[INPLACE_REPLACED] = node.meta["val"]
-        val = node.meta["val"]
-        rows = min(args[-1], val.numel() // val.shape[-1])
-        new.meta["monet_workspace"] = rows * val.shape[-1] * val.element_size()
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        args, chunk_bytes = found
+        new = _write_in_place(graph, node, ops.softmax_backward_into, args, args[0])
+        new.meta["monet_workspace"] = chunk_bytes
         count += 1
     if count:
         gm.recompile()
@@ -127,11 +136,7 @@ def add_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
         if dead is None:
             continue
         other = node.args[1] if node.args[0] is dead else node.args[0]
-        new = call_before(graph, node, ops.add_into, (dead, other))
-        new.meta[INPLACE_META] = dead
-        new.meta[INPLACE_REPLACED] = node.meta["val"]
-        node.replace_all_uses_with(new)
-        graph.erase_node(node)
+        _write_in_place(graph, node, ops.add_into, (dead, other), dead)
         count += 1
     if count:
         gm.recompile()
