@@ -32,6 +32,14 @@ log = logging.getLogger(__name__)
 # Without a warm start (no heuristic plan fits) the full MILP must first find a plan, and
 # gets the larger share.
 LNS_SHARE = 0.1
+# The most of the time limit the near-miss repair may take; it stops at the first plan that
+# fits. The GPT with its loss at 1/3 of its peak needs about 25 moves (8 s) from the
+# per-block plans; with a tenth of 60 s it stopped at 5.80 GiB for a 5.57 GiB budget.
+REPAIR_SHARE = 1 / 3
+# The MILP's least share of the time limit when the heuristics took the rest: the whole
+# solve stays within about 1.2x the limit (it was 1.25x on the GPT with its loss at 1/3,
+# when the MILP had at least half the limit whatever the heuristics had used).
+MILP_MIN_SHARE = 0.2
 COLD_SHARE = 0.5
 BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
 # PuLP builds about 7,000 binaries a second on this project's 2-core machine (DenseNet-201's
@@ -157,7 +165,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                    if uses_only_variants(graph, options.variants, d)]
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
-                                   options.time_limit_s / 10)
+                                   options.time_limit_s * REPAIR_SHARE)
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only:
@@ -212,7 +220,8 @@ def _milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backe
     that fit are appended to ``fitting``. Returns the MILP, the full solve's outcome, the
     MILP's last plan and its objective."""
     times = [n.time_s for n in profile.nodes]
-    remaining = max(options.time_limit_s - (time.perf_counter() - t0), 0.5 * options.time_limit_s)
+    remaining = max(options.time_limit_s - (time.perf_counter() - t0),
+                    MILP_MIN_SHARE * options.time_limit_s)
     milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
                             include=start.decisions if start is not None else None)
     warm = start is not None and milp.represents(start.decisions)
