@@ -40,7 +40,29 @@ def describe_plan(plan: Plan, top: int = 15) -> str:
         if len(recomputed) > top:
             lines.append(f"... and {len(recomputed) - top} more")
     lines += _variant_lines(plan)
+    lines += _rewrite_lines(plan)
     return "\n".join(lines)
+
+
+# Capture-time rewrites (``profiler.capture``), by the target of the node each one makes.
+REWRITES = {
+    "profiler.variant_ops.convolution_backward_input":
+        "convolution backward split (input gradient after the weight gradient)",
+    "profiler.variant_ops.add_into": "gradient sums written into a dead summand",
+    "profiler.variant_ops.softmax_backward_into":
+        "softmax backward written into its dead incoming gradient",
+    "profiler.variant_ops.pointwise_value_and_derivative":
+        "element-wise chains fused with their derivative (forward-mode AD)",
+}
+
+
+def _rewrite_lines(plan: Plan) -> list[str]:
+    """How many nodes of the plan's graph each capture-time rewrite made."""
+    counts = {t: plan.graph_targets.count(t) for t in REWRITES}
+    if not any(counts.values()):
+        return []
+    return ["", "graph rewrites (every plan of this graph):"] + \
+        [f"  {counts[t]:>5}  {text}" for t, text in REWRITES.items() if counts[t]]
 
 
 def _variant_lines(plan: Plan) -> list[str]:

@@ -42,6 +42,7 @@ from .ir import (
     NodeRecord,
     OutputRecord,
 )
+from .pointwise_chains import fuse_pointwise_chains
 from .split_backward import split_convolution_backward
 from .variants import VARIANT_META, insert_variants
 
@@ -165,6 +166,7 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
     _drop_backward_clones(gm, forward)
     if rewrite_backward:
         split_convolution_backward(gm, forward)
+        fuse_pointwise_chains(gm, forward)
     insert_variants(gm, forward)
     if rewrite_backward:
         add_backward_in_place(gm, forward)

@@ -7,7 +7,11 @@ output instead of the input) and computes the same gradient as the original back
 """
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 
 from .batch_norm_kernels import batch_norm_backward
@@ -249,3 +253,85 @@ def softmax_backward_into(grad: Tensor, out: Tensor, dim: int, input_dtype: torc
         rows = slice(start, start + rows_per_chunk)
         flat_grad[rows] = kernel(flat_grad[rows], flat_out[rows], -1, input_dtype)
     return grad
+
+
+# A pointwise program (``pointwise_value_and_derivative``): steps of
+# (ATen op name, args, kwargs); an argument "%x" is the input, "%<i>" step i's value.
+PointwiseProgram = tuple[tuple[str, tuple[Any, ...], tuple[tuple[str, Any], ...]], ...]
+
+
+@functools.cache
+def resolve_op(name: str) -> Any:
+    """The ATen overload called ``name`` ("aten.mul.Tensor")."""
+    namespace, op, overload = name.split(".")
+    return getattr(getattr(getattr(torch.ops, namespace), op), overload)
+
+
+def program_last_uses(program: PointwiseProgram) -> list[list[str]]:
+    """For every step, the references whose last reader it is (the result is read last)."""
+    last: dict[str, int] = {}
+    for i, (_op, args, kwargs) in enumerate(program):
+        for a in (*args, *(v for _k, v in kwargs)):
+            if isinstance(a, str) and a.startswith("%"):
+                last[a] = i
+    freed: list[list[str]] = [[] for _ in program]
+    for ref, i in last.items():
+        if ref != f"%{len(program) - 1}":
+            freed[i].append(ref)
+    return freed
+
+
+def program_live_values(program: PointwiseProgram) -> int:
+    """The most program values alive at once while it runs (the input not counted)."""
+    freed = program_last_uses(program)
+    live, most = set(), 0
+    for i in range(len(program)):
+        live.add(f"%{i}")
+        most = max(most, len(live))
+        live -= set(freed[i])
+    return most
+
+
+def run_pointwise_program(program: PointwiseProgram, x: Tensor) -> Tensor:
+    """The program's value at ``x`` (each value dropped after its last reader)."""
+    values: dict[str, Any] = {"%x": x}
+    freed = program_last_uses(program)
+
+    def value(a: Any) -> Any:
+        return values[a] if isinstance(a, str) and a.startswith("%") else a
+    for i, (op, args, kwargs) in enumerate(program):
+        values[f"%{i}"] = resolve_op(op)(*map(value, args),
+                                         **{k: value(v) for k, v in kwargs})
+        for ref in freed[i]:
+            del values[ref]
+    return values[f"%{len(program) - 1}"]
+
+
+def pointwise_chunk_elems(x: Tensor, chunk_bytes: int) -> int:
+    """Elements per chunk: ``chunk_bytes`` of ``x``'s dtype, a multiple of 32768 (ATen's
+    pointwise grain, so that chunks split the vectorised loops where the whole call does)."""
+    return max(32768, chunk_bytes // x.element_size() // 32768 * 32768)
+
+
+def pointwise_value_and_derivative(x: Tensor, program: PointwiseProgram,
+                                   chunk_bytes: int) -> tuple[Tensor, Tensor]:
+    """``y = program(x)`` and ``dy/dx`` of an element-wise program, by forward-mode AD
+    (``torch.autograd.forward_ad``) over chunks of ``chunk_bytes``.
+
+    ``y`` is bit-identical to running the program's ops (the primal of a dual tensor goes
+    through the same kernels); the backward of the whole chain is then ``grad * dy/dx``,
+    and the forward pass keeps one tensor instead of the chain's intermediates.
+    """
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    d = torch.empty_like(y)
+    flat_x, flat_y, flat_d = x.reshape(-1), y.view(-1), d.view(-1)
+    step = pointwise_chunk_elems(x, chunk_bytes)
+    # The runtime runs inside a custom autograd.Function, whose forward disables forward AD.
+    with fwAD._set_fwd_grad_enabled(True), fwAD.dual_level():
+        for start in range(0, flat_x.numel(), step):
+            part = flat_x[start:start + step]
+            out = run_pointwise_program(program, fwAD.make_dual(part, torch.ones_like(part)))
+            value, tangent = fwAD.unpack_dual(out)
+            flat_y[start:start + step].copy_(value)
+            flat_d[start:start + step].copy_(tangent)
+    return y, d
