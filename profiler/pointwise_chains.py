@@ -114,12 +114,14 @@ def _backward_region(fwd: set[fx.Node], x: fx.Node, y: fx.Node, forward: set[fx.
     saved = inner | _detaches(inner)
     like = _val(x)
     region = {u for n in saved for u in n.users if u not in saved and u not in fwd}
-    if not region or not all(u not in forward and _elementwise(u, like, tagged=False) for u in region):
+    if not region or not all(u not in forward and _elementwise(u, like, tagged=False)
+                             for u in region):
         return None
     values = saved | _detaches({y}) | {x, y}
     while True:  # take in backward nodes that read the chain's values (``grad * x``)
         outside = {a for n in region for a in n.all_input_nodes} - values - region
-        reading = {o for o in outside if o not in forward and _elementwise(o, like, tagged=False)
+        reading = {o for o in outside if o not in forward
+                   and _elementwise(o, like, tagged=False)
                    and any(a in values for a in o.all_input_nodes)}
         if not reading:
             break
@@ -135,8 +137,8 @@ def _backward_region(fwd: set[fx.Node], x: fx.Node, y: fx.Node, forward: set[fx.
     while stack:
         m = stack.pop()
         if m not in known and m not in computed and m not in forward and \
-                _elementwise(m, like, tagged=False) and all(a in known or a in computed
-                                            for a in m.all_input_nodes):
+                _elementwise(m, like, tagged=False) and \
+                all(a in known or a in computed for a in m.all_input_nodes):
             computed.add(m)
             stack.extend(m.users)
     known |= computed
@@ -180,8 +182,8 @@ def find_chains(gm: fx.GraphModule, forward: set[fx.Node]) -> list[Chain]:
             continue
         x = next(iter(inputs))
         y = _y_of(fwd, forward)
-        if y is None or _val(x) is None or not _val(x).is_contiguous() or \
-                _val(x).dtype != like.dtype or _val(x).shape != like.shape:
+        # x is an input of the chain's ops: it has their shape, dtype and strides.
+        if y is None or not _val(x).is_contiguous():
             continue
         found = _backward_region(fwd, x, y, forward)
         if found is None:
@@ -218,15 +220,15 @@ def _checked(chain: Chain, program: ops.PointwiseProgram) -> bool:
     in the graph's dtype, ``grad_x`` within float64 rounding."""
     like = _val(chain.x)
     gen = torch.Generator().manual_seed(0)
+    order = {n: i for i, n in enumerate(chain.x.graph.nodes)}
+    backward = sorted(_detaches(set(chain.forward)) | set(chain.backward), key=order.get)
     try:
         for dtype in (like.dtype, torch.float64):
             x = 3 * torch.randn(_SAMPLE, generator=gen).to(dtype)
             g = torch.randn(_SAMPLE, generator=gen).to(dtype)
             env: dict[fx.Node, torch.Tensor] = {chain.x: x, chain.grad_y: g}
             _run_nodes(chain.forward, env)
-            saved = _detaches(set(chain.forward))
-            order = {n: i for i, n in enumerate(chain.x.graph.nodes)}
-            _run_nodes(sorted(saved | set(chain.backward), key=order.get), env)
+            _run_nodes(backward, env)
             y, d = ops.pointwise_value_and_derivative(x, program, POINTWISE_CHUNK_BYTES)
             if not _same(y, env[chain.y]):
                 return False
