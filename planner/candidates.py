@@ -20,6 +20,7 @@ from .backends import SolveOptions, SolveOutcome, solve_problem
 from .formulation import build_stage_milp
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, module_block_candidates, structural_candidates
+from .in_place import allows
 from .lns import improve_by_windows
 from .peak_search import lower_peak
 from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
@@ -53,12 +54,12 @@ def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | No
     times = [n.time_s for n in profile.nodes]
     every = all_variants(graph, variants)
     plans = itertools.chain(
-        [baseline_decisions(graph)], structural_candidates(graph, times),
-        module_block_candidates(graph),
+        structural_candidates(graph, times), module_block_candidates(graph),
         [baseline_decisions(graph, every)] if every else [],
         structural_candidates(graph, times, every) if every else [],
         module_block_candidates(graph, every) if every else [])
-    front = pareto_front(evaluate(profile, graph, d) for d in plans)
+    front = pareto_front(evaluate(profile, graph, d) for d in itertools.chain(
+        [baseline_decisions(graph)], (with_in_place(d, variants) for d in plans)))
     rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
                                             variants=variants) if lp else ([], None)
     more = (evaluate(profile, graph, d) for d in rounded)
@@ -82,10 +83,19 @@ def pareto_front(evaluations: Iterable[Evaluation]) -> list[Evaluation]:
 
 
 def uses_only_variants(graph: PlannerGraph, mode: str, decisions: Decisions) -> bool:
-    """Whether ``decisions`` choose only variants that ``mode`` allows."""
+    """Whether ``decisions`` choose only variants and writes in place that ``mode``
+    allows."""
     allowed = graph.variant_sites(mode)
-    return all(any(v.name == name for v in allowed.get(e, []))
-               for e, name in decisions.variants.items())
+    return allows(mode, decisions.in_place) and all(
+        any(v.name == name for v in allowed.get(e, [])) for e, name in
+        decisions.variants.items())
+
+
+def with_in_place(decisions: Decisions, mode: str) -> Decisions:
+    """``decisions`` with every write in place ``mode`` allows (never costs memory or
+    time: ``planner.in_place``)."""
+    decisions.in_place = mode
+    return decisions
 
 
 def lowest_peak_search(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
@@ -115,7 +125,8 @@ def lowest_peak_search(profile: Profile, graph: PlannerGraph, backend: str, opti
     if outcome.status != "optimal" and left > 2.0:
         # Improve the lowest-peak point of the problem window by window.
         start = min((e for e in found if milp.represents(e.decisions)),
-                    key=lambda e: milp.evaluate_peak(e.decisions))
+                    key=lambda e: milp.evaluate_peak(replace(e.decisions,
+                                                             in_place=milp.in_place)))
         decisions, steps = improve_by_windows(milp, graph, start.decisions, backend, options,
                                               left)
         if steps:
@@ -148,9 +159,9 @@ def repaired_candidates(profile: Profile, graph: PlannerGraph, candidates: list[
 
     When only slow heuristic plans fit (LP rounding that recomputes almost everything), the
     MILP starts from them, and on a large graph it does not get far in the time limit (the
-    GPT with its loss at 1/3: +1773 % after 60 s). The peak-directed search from the ``tries`` fastest Pareto candidates whose
-    peak is within 1.5x the budget stops at the first plan that fits: a few checkpoints
-    away from a fast plan.
+    GPT with its loss at 1/3: +1773 % after 60 s). The peak-directed search from the
+    ``tries`` fastest Pareto candidates whose peak is within 1.5x the budget stops at the
+    first plan that fits: a few checkpoints away from a fast plan.
     """
     fitting = [e.result.time_s for e in candidates if e.result.peak_bytes <= budget]
     fastest_fit = min(fitting, default=float("inf"))

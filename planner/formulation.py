@@ -27,6 +27,7 @@ import networkx as nx
 import pulp
 
 from .graph import PlannerGraph
+from .in_place import allowed_writes
 from .memory_rows import MIB_SCALE, AuxVariable, forward_memory_rows, stage_memory_rows
 from .schedule import Decisions
 
@@ -43,6 +44,7 @@ class StageMILP:
     variant: dict[tuple[int, str], pulp.LpVariable] = field(default_factory=dict)
     aux: list[AuxVariable] = field(default_factory=list)
     budget: int | None = None  # bytes; None for the lowest-peak problem
+    in_place: str = "none"  # the writes in place its memory rows count (planner.in_place)
 
     def decisions(self, stages: int) -> Decisions:
         keep = [set() for _ in range(stages)]
@@ -54,7 +56,8 @@ class StageMILP:
             if (v.value() or 0) > 0.5:
                 recompute[k].add(o)
         variants = {e: name for (e, name), v in self.variant.items() if (v.value() or 0) > 0.5}
-        return Decisions(keep=keep, recompute=recompute, variants=variants)
+        return Decisions(keep=keep, recompute=recompute, variants=variants,
+                         in_place=self.in_place)
 
     def values(self, decisions: Decisions) -> dict[str, int]:
         value = {}
@@ -110,6 +113,9 @@ class StageMILP:
 
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""
+        if decisions.in_place != self.in_place:
+            raise ValueError(f"a plan writing in place under {decisions.in_place!r} cannot be "
+                             f"measured by rows that count {self.in_place!r}")
         return self._largest_row(self.values(decisions))
 
 
@@ -142,13 +148,15 @@ def _storages(graph: PlannerGraph, nodes: set[int]) -> set[int]:
 
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
                      minimize_peak: bool = False, max_recompute_depth: int | None = 12,
-                     variants: str = "all", include: Decisions | None = None) -> StageMILP:
+                     variants: str = "all", include: Decisions | None = None,
+                     in_place: str | None = None) -> StageMILP:
     """The MILP for ``graph``: minimise the step's extra time under ``budget`` bytes, or
     (with ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
     ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
     at no cost for the budgets where longer chains would not pay; the recomputations of
     ``include`` (a warm start) are candidates too, so that it is a point of the problem.
-    ``variants`` says which operator variants the plan may use: all, exact or none."""
+    ``variants`` says which operator variants the plan may use, and which writes in place
+    (``planner.in_place``) unless ``in_place`` says otherwise: all, exact or none."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
@@ -239,17 +247,19 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
                                               if (v.site, v.name) in U), f"pack_{s}"
 
     base = sum(graph.storage_bytes[s] for s in graph.constant_storages)
-    rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base)
+    in_place = variants if in_place is None else in_place
+    writes = allowed_writes(graph, in_place)
+    rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base, writes)
     pinned = sum(graph.storage_bytes[s] for s in graph.pinned_storages)
     tangents = sum(graph.storage_bytes[s] for s in graph.tangent_storages - graph.pinned_storages)
-    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned + tangents)
+    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned + tangents, writes)
     rows += stage_rows
     for a in aux:
         for i, expr in enumerate(a.lower):
             prob += a.var >= expr, f"aux_{a.var.name}_{i}"
 
     milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
-                     aux=aux, budget=None if minimize_peak else budget)
+                     aux=aux, budget=None if minimize_peak else budget, in_place=in_place)
     extra_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
     for (e, name), v in U.items():
         var = graph.variant(e, name)

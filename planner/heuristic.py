@@ -21,12 +21,13 @@ log = logging.getLogger(__name__)
 
 def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
                          variants: dict[int, str] | None = None,
-                         hold_recomputed: bool = False) -> Decisions:
+                         hold_recomputed: bool = False, in_place: str = "none") -> Decisions:
     """The plan that keeps the outputs of ``checkpoints`` (and of the chosen ``variants``'
     packs) and recomputes everything else where it is needed. With ``hold_recomputed`` an
     op is recomputed once, in the first stage that needs it, and its outputs are then held
     until their last use (what ``torch.utils.checkpoint`` does for a block); otherwise each
-    stage recomputes what it needs from the checkpoints."""
+    stage recomputes what it needs from the checkpoints. ``in_place``: the writes in place
+    the plan uses (``planner.in_place``)."""
     K = len(graph.stages)
     variants = dict(variants or {})
     recompute: list[set[int]] = [set() for _ in range(K)]
@@ -53,7 +54,7 @@ def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
 
     keep = [{s for s, last in last_use.items() if last >= k and available_before(s, k)}
             for k in range(K)]
-    return Decisions(keep=keep, recompute=recompute, variants=variants)
+    return Decisions(keep=keep, recompute=recompute, variants=variants, in_place=in_place)
 
 
 def module_block_candidates(graph: PlannerGraph, variants: dict[int, str] | None = None,
@@ -111,7 +112,8 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
         chosen = frozenset(o for o in ops if score[o] >= t)
         if chosen not in seen:
             seen.add(chosen)
-            candidates.append(checkpoint_decisions(graph, set(chosen), variants))
+            candidates.append(checkpoint_decisions(graph, set(chosen), variants,
+                                                   in_place=milp.in_place))
     return candidates, bound
 
 

@@ -40,6 +40,7 @@ def describe_plan(plan: Plan, top: int = 15) -> str:
         if len(recomputed) > top:
             lines.append(f"... and {len(recomputed) - top} more")
     lines += _variant_lines(plan)
+    lines += _in_place_lines(plan)
     lines += _rewrite_lines(plan)
     return "\n".join(lines)
 
@@ -63,6 +64,22 @@ def _rewrite_lines(plan: Plan) -> list[str]:
         return []
     return ["", "graph rewrites (every plan of this graph):"] + \
         [f"  {counts[t]:>5}  {text}" for t, text in REWRITES.items() if counts[t]]
+
+
+def _in_place_lines(plan: Plan) -> list[str]:
+    """Which forward ops wrote over a dead input (``planner.in_place``), how often, and the
+    bytes they did not allocate."""
+    if plan.in_place == "none":
+        return ["", "writes in place: none (the plan was solved without variants)"]
+    rows = plan.in_place_summary
+    runs = sum(e["forward_runs"] + e["recompute_runs"] for e in rows)
+    lines = ["", f"writes in place ({plan.in_place}): {runs} runs wrote over a dead input, "
+                 f"{format_bytes(sum(e['bytes'] for e in rows))} not allocated"]
+    if rows:
+        lines.append(f"  {'op':<40} {'ops':>5} {'forward':>8} {'recompute':>10} {'bytes':>11}")
+        lines += [f"  {e['op'][:40]:<40} {e['ops']:>5} {e['forward_runs']:>8} "
+                  f"{e['recompute_runs']:>10} {format_bytes(e['bytes']):>11}" for e in rows]
+    return lines
 
 
 def _variant_lines(plan: Plan) -> list[str]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import pulp
 
 from .graph import END, PlannerGraph
+from .in_place import InPlaceWrite
 
 # Memory rows are given to the solver in MiB: byte-sized coefficients (up to 1e10) next to
 # 0/1 variables strain the solvers' tolerances. Plans are re-checked in bytes afterwards.
@@ -67,8 +68,11 @@ def storage_lifetimes(graph: PlannerGraph, order: list[int], node_last_use: dict
 
 
 def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
-                        base: int) -> list[pulp.LpAffineExpression]:
-    """Memory after each forward step, linear in the after-forward keep variables.
+                        base: int, writes: dict[int, InPlaceWrite] | None = None
+                        ) -> list[pulp.LpAffineExpression]:
+    """Memory after each forward step, linear in the after-forward keep variables. An op
+    of ``writes`` whose input's last forward reader it is writes over the input unless it
+    is kept: at the op's step the input counts as kept or not at all.
 
     A pack node's output exists only when its variant is chosen, which is exactly when it
     is kept (``keep0``): it and the pack's workspace are counted through that variable.
@@ -87,6 +91,8 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
         fixed = base
         expr = pulp.LpAffineExpression()
         n = graph.forward[t]
+        w = (writes or {}).get(n)
+        over = w.storage if w is not None and last_use[w.storage] == t else None
         if n not in graph.packs:  # the node's temporaries while it runs (0 when estimated)
             fixed += graph.nodes[n].workspace_bytes
         if n in graph.packs and graph.nodes[n].workspace_bytes:
@@ -98,7 +104,7 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
             if s in optional:
                 if s in keep0:
                     expr += b * keep0[s]
-            elif last_use[s] >= t or s in graph.pinned_storages:
+            elif (last_use[s] >= t and s != over) or s in graph.pinned_storages:
                 fixed += b
             elif s in keep0:
                 expr += b * keep0[s]
@@ -161,10 +167,11 @@ def stage_needs(graph: PlannerGraph, k: int, variant: dict[tuple[int, str], pulp
 
 def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVariable],
                       recompute: dict[tuple[int, int], pulp.LpVariable],
-                      variant: dict[tuple[int, str], pulp.LpVariable], const: int
+                      variant: dict[tuple[int, str], pulp.LpVariable], const: int,
+                      writes: dict[int, InPlaceWrite] | None = None
                       ) -> tuple[list[pulp.LpAffineExpression], list[AuxVariable]]:
     """The memory rows of every backward stage (bytes; ``const`` is held throughout) and
-    the auxiliary variables they use.
+    the auxiliary variables they use; ``writes``: the ops allowed to write in place.
 
     A storage the first node reads under some allowed options only is live at it when
     held (or recomputed) and read by the chosen option, or kept for the next stage:
@@ -234,7 +241,7 @@ def stage_memory_rows(graph: PlannerGraph, keep: dict[tuple[int, int], pulp.LpVa
         if cands[k]:
             rows += _recompute_phase_rows(graph, k, sorted(cands[k]), present[k], keep,
                                           recompute, needs.always, end_live,
-                                          const + before[bpos[first]], aux)
+                                          const + before[bpos[first]], aux, writes or {})
     return rows, aux
 
 
@@ -260,8 +267,11 @@ def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int],
                           held_storages: list[int], keep: dict[tuple[int, int], pulp.LpVariable],
                           recompute: dict[tuple[int, int], pulp.LpVariable], always: set[int],
                           end_live: dict[int, pulp.LpVariable | None], const: int,
-                          aux: list[AuxVariable]) -> list[pulp.LpAffineExpression]:
-    """Rows after each recompute candidate of stage k has (or would have) run."""
+                          aux: list[AuxVariable], writes: dict[int, InPlaceWrite]
+                          ) -> list[pulp.LpAffineExpression]:
+    """Rows after each recompute candidate of stage k has (or would have) run. A candidate
+    of ``writes`` writes over its input when the input was recomputed here and nothing
+    reads or keeps it afterwards: at its row the input counts as it does after it."""
     size = graph.storage_bytes
     held = pulp.LpVariable(f"H_{k}", lowBound=0)
     aux.append(AuxVariable(held, [linear(
@@ -302,14 +312,24 @@ def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int],
         terms: list[tuple[pulp.LpVariable, float]] = [(held, 1 / MIB_SCALE)]
         if graph.nodes[o].workspace_bytes:  # its temporaries, when it is recomputed
             terms.append((recompute[k, o], graph.nodes[o].workspace_bytes))
+        w = writes.get(o)
+        over = w.storage if w is not None and w.storage not in always else None
         for s, ps in pieces.items():
-            var = None
-            for start, v in ps:
-                if start <= r:
-                    var = v
-                else:
-                    break
-            if var is not None and ps[0][0] <= r:
+            if ps[0][0] > r:
+                continue
+            var = _piece_at(ps, r + 1 if s == over else r)
+            if var is not None:
                 terms.append((var, size[s]))
         rows.append(linear(terms, constant=const))
     return rows
+
+
+def _piece_at(pieces: list[tuple[int, pulp.LpVariable | None]], r: int
+              ) -> pulp.LpVariable | None:
+    """The variable of the piece that applies at rank ``r``."""
+    var = None
+    for start, v in pieces:
+        if start > r:
+            break
+        var = v
+    return var

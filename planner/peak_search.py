@@ -82,7 +82,7 @@ def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: d
     t0 = time.perf_counter()
     checkpoints = checkpoints_of(graph, start)
     variants = {e: n for e, n in start.variants.items() if e in sites}
-    best = checkpoint_decisions(graph, checkpoints, variants)
+    best = checkpoint_decisions(graph, checkpoints, variants, in_place=start.in_place)
     result, stage = _simulate(profile, graph, best)
     moves = 0
     while time.perf_counter() - t0 < time_limit_s and \
@@ -92,7 +92,8 @@ def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: d
                                                       stage, sites):
             if time.perf_counter() - t0 >= time_limit_s:
                 break
-            decisions = checkpoint_decisions(graph, cand_checkpoints, cand_variants)
+            decisions = checkpoint_decisions(graph, cand_checkpoints, cand_variants,
+                                             in_place=start.in_place)
             trial, trial_stage = _simulate(profile, graph, decisions)
             if (trial.peak_bytes, trial.time_s) < (result.peak_bytes, result.time_s):
                 best, result, stage = decisions, trial, trial_stage

@@ -58,6 +58,8 @@ class Plan:
     keep: list[list[int]]  # per stage: forward storages held at its start
     recompute: list[list[int]]  # per stage: forward nodes recomputed at its start
     variants: dict[str, str] = field(default_factory=dict)  # site node index -> variant
+    in_place: str = "none"  # the writes in place it uses (planner.in_place)
+    in_place_summary: list[dict[str, Any]] = field(default_factory=list)
     nodes: list[dict[str, Any]] = field(default_factory=list)  # human-readable summary
     variant_summary: list[dict[str, Any]] = field(default_factory=list)
     autocast: str = ""  # "" or the torch.autocast dtype the graph was captured under
@@ -69,7 +71,8 @@ class Plan:
     def decisions(self) -> Decisions:
         return Decisions(keep=[set(k) for k in self.keep],
                          recompute=[set(r) for r in self.recompute],
-                         variants={int(k): v for k, v in self.variants.items()})
+                         variants={int(k): v for k, v in self.variants.items()},
+                         in_place=self.in_place)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from profiler.ir import BACKWARD, FORWARD, VARIANT_FORWARD
 
 from .graph import FORWARD_ROLES, PlannerGraph
+from .in_place import allowed_writes, forward_storage_last_use
 
 
 class ScheduleError(ValueError):
@@ -26,6 +27,7 @@ class Step:
     node: int
     stage: int  # -1 for the forward pass
     impl: int = -1
+    into: int = -1  # a run in place: the node whose value (dead after it) it overwrites
 
     @property
     def runs(self) -> int:
@@ -46,11 +48,14 @@ class Schedule:
 class Decisions:
     """``keep[k]``: forward storages held at the start of stage k (``keep[0]``: after the
     forward pass). ``recompute[k]``: forward ops run again at the start of stage k.
-    ``variants``: the operator variant each site runs (site -> name; absent: original)."""
+    ``variants``: the operator variant each site runs (site -> name; absent: original).
+    ``in_place``: ``all``, ``exact`` or ``none``: which forward ops write their value over
+    an input that is dead after them (``planner.in_place``), wherever the plan lets them."""
 
     keep: list[set[int]]
     recompute: list[set[int]]
     variants: dict[int, str] = field(default_factory=dict)
+    in_place: str = "none"  # which writes in place the plan uses (planner.in_place)
 
 
 def baseline_decisions(graph: PlannerGraph, variants: dict[int, str] | None = None
@@ -86,6 +91,8 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
 
     # Forward pass: run in order, free each node after its last forward use unless kept.
     kept0 = decisions.keep[0] if decisions.keep else set()
+    writes = allowed_writes(graph, decisions.in_place)
+    storage_last = forward_storage_last_use(graph) if writes else {}
     env: set[int] = set()
     for t, n in enumerate(graph.forward):
         if n in graph.packs and n not in packs_run:
@@ -94,7 +101,10 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                     env.discard(m)
                     sched.forward.append(Step("free", m, -1))
             continue
-        sched.forward.append(Step("run", n, -1))
+        w = writes.get(n)
+        over = w is not None and storage_last[w.storage] == t and w.storage not in kept0 \
+            and w.input in env
+        sched.forward.append(Step("run", n, -1, into=w.input if over else -1))
         env.add(n)
         for m in (*nodes[n].inputs, n):
             if m in env and graph.forward_last_use[m] <= t and not held(m, kept0):
@@ -141,7 +151,10 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             before = len(steps)
             for i in nodes[o].inputs:
                 ensure(i)
-            steps.append(Step("run", o, k))
+            w = writes.get(o)
+            over = w is not None and w.storage in made and last_reader[w.storage] == rank \
+                and w.storage not in needed and w.storage not in nxt and w.input in env
+            steps.append(Step("run", o, k, into=w.input if over else -1))
             env.add(o)
             if nodes[o].random:
                 rng.add(o)

@@ -42,6 +42,7 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
     refs: dict[int, int] = {}
     live = 0
     env: set[int] = set()
+    overwritten: set[int] = set()  # storages a run in place wrote over, until dropped
     category: dict[int, str] = {}  # storage -> category, from the node that made it live
     totals = dict.fromkeys(CATEGORIES, 0)
     phase = ["constant"]
@@ -61,15 +62,21 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
                     totals[cat] += profile.storage_bytes[s]
 
     def drop(n: int) -> None:
-        nonlocal live
         env.discard(n)
         for s in nodes[n].storages:
             refs[s] -= 1
             if refs[s] == 0:
-                live -= profile.storage_bytes[s]
                 del refs[s]
-                if breakdown:
-                    totals[category.pop(s)] -= profile.storage_bytes[s]
+                if s in overwritten:
+                    overwritten.discard(s)  # its bytes went to the op that wrote over it
+                else:
+                    release(s)
+
+    def release(s: int) -> None:
+        nonlocal live
+        live -= profile.storage_bytes[s]
+        if breakdown:
+            totals[category.pop(s)] -= profile.storage_bytes[s]
 
     for n in nodes:
         if n.role in ("param", "buffer", "input"):
@@ -90,9 +97,20 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
                 missing = [i for i in op.inputs if i not in env]
                 if missing:
                     raise SimulationError(f"{op.name} runs without {nodes[missing[0]].name}")
+                stale = [i for i in op.inputs if overwritten.intersection(nodes[i].storages)]
+                if stale:
+                    raise SimulationError(f"{op.name} reads {nodes[stale[0]].name} after a "
+                                          "run in place wrote over it")
                 if step.node in env:
                     raise SimulationError(f"{n.name} runs while its value is held")
+                if step.into >= 0 and (step.into not in op.inputs
+                                       or len(nodes[step.into].storages) != 1):
+                    raise SimulationError(f"{op.name} cannot write over {nodes[step.into].name}")
                 add(step.node)
+                if step.into >= 0:  # the output takes over the input's bytes
+                    s = nodes[step.into].storages[0]
+                    overwritten.add(s)
+                    release(s)
                 memory.append(live + op.workspace_bytes)
                 if breakdown:
                     steps_breakdown.append({**totals, "workspace": op.workspace_bytes})

@@ -22,9 +22,10 @@ from .candidates import (
 )
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .graph import PlannerGraph
+from .in_place import in_place_summary
 from .lns import improve_by_windows
 from .plan import Plan, SolverInfo
-from .schedule import Decisions, baseline_decisions
+from .schedule import Decisions, baseline_decisions, build_schedule
 
 log = logging.getLogger(__name__)
 # Share of the time left after the heuristics that the full MILP gets; window-by-window
@@ -191,7 +192,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
     # comes from the same formulation with the plan's own recomputations as candidates.
-    claim = milp if milp is not None and milp.represents(best.decisions) else \
+    claim = milp if milp is not None and milp.represents(best.decisions) and \
+        milp.in_place == best.decisions.in_place else \
         _plan_only_milp(graph, times, budget_bytes, best.decisions, options.variants)
     solver_peak = claim.evaluate_peak(best.decisions)
     # The solver's own objective (recompute seconds) when its plan is the one returned;
@@ -285,12 +287,13 @@ def _plan_only_milp(graph: PlannerGraph, times: list[float], budget: int,
     states their memory claim as the full formulation would, and stays small on graphs
     (EfficientNet-B7's 814 stages) where unlimited-depth candidates take tens of GiB."""
     return build_stage_milp(graph, times, budget, max_recompute_depth=0, variants=variants,
-                            include=decisions)
+                            include=decisions, in_place=decisions.in_place)
 
 
 def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Evaluation,
                budget_bytes: int, budget_spec: str, info: SolverInfo, solver_peak: int) -> Plan:
     d = ev.decisions
+    schedule = build_schedule(graph, d)
     summary = []
     for o in graph.ops():
         n = profile.nodes[o]
@@ -313,6 +316,8 @@ def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Eval
         baseline_time_s=base.result.time_s, solver=info,
         keep=[sorted(k) for k in d.keep], recompute=[sorted(r) for r in d.recompute],
         variants={str(e): name for e, name in sorted(d.variants.items())},
+        in_place=d.in_place, in_place_summary=in_place_summary(
+            graph, d.in_place, [*schedule.forward, *schedule.backward]),
         nodes=summary, variant_summary=variant_summary(profile, graph, d),
         autocast=profile.autocast)
 

@@ -70,6 +70,23 @@ def batch_norm_training(x: Tensor, weight: Tensor | None, bias: Tensor | None,
     return out, save_mean, save_invstd, new_mean, new_var
 
 
+def batch_norm_into(x: Tensor, weight: Tensor | None, bias: Tensor | None,
+                    running_mean: Tensor, running_var: Tensor, training: bool,
+                    momentum: float, eps: float
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``aten._native_batch_norm_legit_functional`` with its output written over ``x``
+    (``planner.in_place``): ATen's ``native_batch_norm.out`` computes the batch statistics
+    before it writes any element, and each output element from its own input element. The
+    same kernel as the functional op on the CPU (bit-identical); on CUDA it is ATen's, where
+    eager runs cuDNN's (:func:`batch_norm_training`)."""
+    new_mean, new_var = running_mean.clone(), running_var.clone()
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    out, save_mean, save_invstd = aten.native_batch_norm.out(
+        x, weight, bias, new_mean, new_var, training, momentum, eps, out=x,
+        save_mean=x.new_empty(0, dtype=acc), save_invstd=x.new_empty(0, dtype=acc))
+    return out, save_mean, save_invstd, new_mean, new_var
+
+
 def batch_norm_backward(grad: Tensor, x: Tensor, weight: Tensor | None,
                         running_mean: Tensor | None, running_var: Tensor | None,
                         save_mean: Tensor, save_invstd: Tensor, train: bool, eps: float,

@@ -22,8 +22,8 @@ from torch._functorch.aot_autograd import aot_export_joint_with_descriptors
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from .allocator import allocator_bytes
-from .capture_errors import CaptureError, ModuleTracker, capture_error
 from .batch_norm_kernels import route_batch_norm_to_cudnn
+from .capture_errors import CaptureError, ModuleTracker, capture_error
 from .descriptors import output_record, placeholder_role
 from .inplace_backward import (
     INPLACE_META,
@@ -304,10 +304,12 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         val = n.meta.get("val")
         shape = [list(t.shape) for t in tensors] if isinstance(val, (tuple, list)) else \
             (list(val.shape) if isinstance(val, torch.Tensor) else [])
+        strides = [list(t.stride()) for t in tensors] if isinstance(val, (tuple, list)) else \
+            (list(val.stride()) if isinstance(val, torch.Tensor) else [])
         records.append(NodeRecord(
             index=i, name=n.name, target=_target_name(n),
             role=role, inputs=[index[a] for a in n.all_input_nodes], storages=storages,
-            new_storages=new if n.op != "placeholder" else [], shape=shape,
+            new_storages=new if n.op != "placeholder" else [], shape=shape, strides=strides,
             dtype=str(tensors[0].dtype) if tensors else "", random=_is_random(n),
             desc=desc, variant=variant, site=site,
             workspace_bytes=allocator_bytes(n.meta.get("monet_workspace", 0),

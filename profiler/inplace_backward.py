@@ -15,8 +15,9 @@ over the last dimension: their incoming gradient is usually a backward tensor wi
 reader (``nll_loss_backward``'s output in a cross-entropy), and rows are independent, so
 ``variant_ops.softmax_backward_into`` computes the result a chunk of rows at a time into it.
 
-The forward pass's residual additions are not rewritten: whether their inputs are dead
-depends on what the plan keeps and recomputes.
+The forward pass's residual additions are not rewritten here: whether their inputs are
+dead depends on what the plan keeps and recomputes, so the planner writes them in place
+where its plan lets it (``planner.in_place``).
 """
 from __future__ import annotations
 

@@ -54,6 +54,9 @@ class NodeRecord:
     site: int = -1  # for variant nodes: the backward node the variant replaces
     workspace_bytes: int = 0  # temporary bytes while the node runs, beyond its outputs
     writes_into: int = -1  # an in-place node: the input whose storage it writes its value to
+    # Strides of its value(s), as ``shape``; empty in profiles made before they were
+    # recorded (their ops never write in place: planner.in_place)
+    strides: list[Any] = field(default_factory=list)
 
     @property
     def is_alias(self) -> bool:

@@ -13,8 +13,10 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.fx as fx
 
+from planner.in_place import pointwise_out_overload
 from planner.schedule import Step
 from profiler.allocator import allocator_bytes
+from profiler.batch_norm_kernels import batch_norm_into
 
 
 @dataclass
@@ -73,18 +75,18 @@ class Executor:
         self.count = count
         self.counter = MemoryCounter()
         self.rng_states: dict[int, Any] = {}
-        self._calls: dict[int, Callable[[dict[int, Any]], Any]] = {}
+        self._calls: dict[tuple[int, int], Callable[[dict[int, Any]], Any]] = {}
 
     def put(self, env: dict[int, Any], index: int, value: Any) -> None:
         env[index] = value
         if self.count:
             self.counter.add(value)
 
-    def _call(self, node: fx.Node, env: dict[int, Any]) -> Any:
-        index = node.meta["monet_index"]
-        call = self._calls.get(index)
+    def _call(self, node: fx.Node, env: dict[int, Any], into: int = -1) -> Any:
+        key = (node.meta["monet_index"], into)
+        call = self._calls.get(key)
         if call is None:
-            call = self._calls[index] = _compile_call(node)
+            call = self._calls[key] = _compile_call(node, into)
         return call(env)
 
     def _replay(self, node: fx.Node, env: dict[int, Any], state: Any) -> Any:
@@ -123,19 +125,33 @@ class Executor:
             self.rng_states[step.node] = _get_rng_state(node)
         if step.stage >= 0 and step.node in self.rng_states:
             return self._replay(node, env, self.rng_states[step.node])
-        return self._call(node, env)
+        return self._call(node, env, step.into)
 
 
-def _compile_call(node: fx.Node) -> Callable[[dict[int, Any]], Any]:
+def _in_place_target(node: fx.Node) -> Callable[..., Any]:
+    """What runs ``node`` writing its value over an input (``planner.in_place``): the
+    ``out=`` overload of an element-wise op, or the batch norm that normalises in place."""
+    name = getattr(node.target, "__module__", "") + "." + getattr(node.target, "__name__", "")
+    if node.target is torch.ops.aten._native_batch_norm_legit_functional.default or \
+            name.endswith("batch_norm_kernels.batch_norm_training"):
+        return batch_norm_into
+    out = pointwise_out_overload(str(node.target))
+    if out is None:
+        raise ValueError(f"{node.name} ({node.target}) cannot run in place")
+    return out
+
+
+def _compile_call(node: fx.Node, into: int = -1) -> Callable[[dict[int, Any]], Any]:
     """``env -> value`` for one node, as a generated lambda: its arguments read straight from
     the environment (``env[i]``) and its constants bound once. Mapping the arguments with
-    ``fx.node.map_arg`` on every call cost several microseconds per op."""
+    ``fx.node.map_arg`` on every call cost several microseconds per op. With ``into``, the
+    call writes its value over the value of node ``into`` (``_in_place_target``)."""
     if node.op == "get_attr":  # a tensor constant the trace lifted (Swin's masks)
         value = node.graph.owning_module
         for part in node.target.split("."):
             value = getattr(value, part)
         return lambda env: value
-    constants: dict[str, Any] = {"fn": node.target}
+    constants: dict[str, Any] = {"fn": node.target if into < 0 else _in_place_target(node)}
 
     def render(arg: Any) -> str:
         if isinstance(arg, fx.Node):
@@ -149,6 +165,15 @@ def _compile_call(node: fx.Node) -> Callable[[dict[int, Any]], Any]:
         constants[name] = arg  # a scalar, dtype, device, ... or a structure without nodes
         return name
 
+    if into >= 0:
+        if constants["fn"] is batch_norm_into and not (
+                isinstance(node.args[0], fx.Node) and node.args[0].meta["monet_index"] == into):
+            raise ValueError(f"{node.name} normalises in place only into its first argument")
+        parts = [render(a) for a in node.args]
+        parts += [f"{k}={render(v)}" for k, v in node.kwargs.items()]
+        if constants["fn"] is not batch_norm_into:
+            parts.append(f"out=env[{into}]")
+        return eval(f"lambda env: fn({', '.join(parts)})", constants)  # noqa: S307
     if any(isinstance(a, dict) for a in (*node.args, *node.kwargs.values())):
         def call(env: dict[int, Any]) -> Any:  # rare: a dict argument; map it each time
             args, kwargs = fx.node.map_arg((node.args, node.kwargs),

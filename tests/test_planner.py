@@ -24,10 +24,14 @@ def test_formulation_memory_equals_simulator(name):
     case = model_case(name)
     graph = planner_graph(case.profile)
     times = [n.time_s for n in case.profile.nodes]
-    milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None)
     plans = [baseline_decisions(graph), *structural_candidates(graph, times)]
-    for d in plans:
-        assert milp.evaluate_peak(d) == simulate(case.profile, build_schedule(graph, d)).peak_bytes
+    for mode in ("none", "all"):  # without and with writes in place
+        milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None,
+                                in_place=mode)
+        for d in plans:
+            d.in_place = mode
+            assert milp.evaluate_peak(d) == \
+                simulate(case.profile, build_schedule(graph, d)).peak_bytes
 
 
 def test_schedule_refuses_missing_tensors(gpt_case):
@@ -153,6 +157,7 @@ def test_near_miss_candidates_are_repaired_to_the_budget():
     stops at the first plan within it; nothing is repaired where that plan already fits."""
     import torch
     import torchvision
+
     from planner.candidates import heuristic_candidates, pareto_front, repaired_candidates
     from profiler import profile_model
     torch.manual_seed(0)

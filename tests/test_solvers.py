@@ -46,11 +46,11 @@ def test_windows_never_make_a_plan_worse():
     graph = planner_graph(case.profile)
     times = [n.time_s for n in case.profile.nodes]
     unoptimised = simulate(case.profile, build_schedule(graph, baseline_decisions(graph)))
-    probe = build_stage_milp(graph, times, 10**15)
+    probe = build_stage_milp(graph, times, 10**15, in_place="none")
     start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
                 key=probe.objective_of)
     budget = probe.evaluate_peak(start)  # the start just fits
-    milp = build_stage_milp(graph, times, budget)
+    milp = build_stage_milp(graph, times, budget, in_place="none")
     better, steps = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0,
                                        window=8)
     assert milp.objective_of(better) <= milp.objective_of(start)

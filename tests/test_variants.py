@@ -68,7 +68,8 @@ def test_formulation_memory_equals_simulator_with_variants(name):
     case = model_case(name)
     graph = planner_graph(case.profile)
     times = [n.time_s for n in case.profile.nodes]
-    milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None)
+    milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None,
+                            in_place="none")  # with writes in place: test_in_place.py
     rng = random.Random(0)
     ops = graph.ops()
     sites = sorted(graph.variants)
