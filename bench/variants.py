@@ -11,7 +11,8 @@ Checkpointing only is solved on the graph eager autograd runs (``rewrite_backwar
 with variants, on the planner's graph, whose convolution backward is split into weight and
 input gradients (``profiler.split_backward``) and whose gradient sums are written into a
 dead summand and whose softmax backward writes into its dead incoming gradient
-(``profiler.inplace_backward``). Forward
+(``profiler.inplace_backward``), and whose forward ops write over inputs the plan leaves
+dead (``planner.in_place``; counted as runs in place). Forward
 nodes and stages are the same in both, so a plan of one is a starting point in the other;
 overheads are against the fused graph's unoptimised step.
 
@@ -126,7 +127,9 @@ def main() -> None:
                     "overhead": plan.predicted_time_s / t_base - 1,
                     "peak": plan.predicted_peak_bytes, "gap": plan.solver.gap,
                     "status": plan.solver.status, "seconds": secs,
-                    "variants": dict(Counter(plan.variants.values()))}
+                    "variants": dict(Counter(plan.variants.values())),
+                    "in_place_runs": sum(e["forward_runs"] + e["recompute_runs"]
+                                         for e in plan.in_place_summary)}
             records.append(rec)
             log.info("%s", json.dumps(rec))
         # The smallest budget with a plan: the planner's search, or any plan above.
@@ -171,6 +174,8 @@ def write_report(path: str, rows, records, time_limit: float) -> None:
             va = rec["variants"]
             chosen = ", ".join(f"{k} {v}" for k, v in sorted(va["variants"].items())) \
                 if va else ""
+            if va and va.get("in_place_runs"):
+                chosen += f"{', ' if chosen else ''}{va['in_place_runs']} runs in place"
             lines.append(f"| {name} | {format_bytes(peak)} | 1/{round(1 / rec['fraction'])} "
                          f"({format_bytes(rec['budget'])}) | {_cell(rec['checkpoint'], peak)} | "
                          f"{_cell(va, peak)} | {chosen} |")

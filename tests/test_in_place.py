@@ -45,6 +45,30 @@ def test_out_overloads_of_element_wise_ops():
         assert pointwise_out_overload(name) is None, name
 
 
+@pytest.mark.parametrize("shape", [(7, 5, 3), (2, 4, 33, 17)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_writing_over_an_input_gives_the_same_bits(shape, dtype):
+    """Each element-wise op of the models, through its ``out=`` overload into one of its
+    inputs, equals the functional op; channels-last layouts included."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(shape, generator=g, dtype=dtype) for _ in range(2))
+    if len(shape) == 4:
+        a, b = (t.to(memory_format=torch.channels_last) for t in (a, b))
+    cases = [("aten.relu.default", (a,), {}, 0), ("aten.add.Tensor", (a, b), {}, 1),
+             ("aten.add.Tensor", (a, b), {"alpha": 0.5}, 1),
+             ("aten.gelu.default", (a,), {"approximate": "tanh"}, 0),
+             ("aten.hardtanh.default", (a, -0.5, 0.5), {}, 0),
+             ("aten.mul.Tensor", (a, b), {}, 0)]
+    for name, args, kwargs, into in cases:
+        op = getattr(getattr(aten, name.split(".")[1]), name.split(".")[2])
+        ref = op(*args, **kwargs)
+        copies = [t.clone(memory_format=torch.preserve_format) if isinstance(t, torch.Tensor)
+                  else t for t in args]
+        got = pointwise_out_overload(name)(*copies, **kwargs, out=copies[into])
+        assert got.data_ptr() == copies[into].data_ptr()
+        assert torch.equal(got, ref) and got.stride() == ref.stride(), name
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,channels_last", [((6, 5, 7, 3), False), ((6, 5, 7, 3), True),
                                                  ((9, 4, 11), False)])
