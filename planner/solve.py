@@ -37,10 +37,15 @@ LNS_SHARE = 0.1
 # fits. The GPT with its loss at 1/3 of its peak needs about 25 moves (8 s) from the
 # per-block plans; with a tenth of 60 s it stopped at 5.80 GiB for a 5.57 GiB budget.
 REPAIR_SHARE = 1 / 3
-# The MILP's least share of the time limit when the heuristics took the rest: the whole
-# solve stays within about 1.2x the limit (it was 1.25x on the GPT with its loss at 1/3,
-# when the MILP had at least half the limit whatever the heuristics had used).
-MILP_MIN_SHARE = 0.2
+# The MILP's least share of the time limit when the heuristics took the rest (then the
+# solve overruns its limit by up to this share: 1.25x on the GPT with its loss at 1/3 when
+# the MILP had at least half the limit whatever the heuristics had used). Otherwise the
+# MILP and window improvement get what the heuristics left, less FINISH_SIMULATIONS times
+# the time one simulation of the unoptimised plan took, kept for making the plan: the GPT
+# with its loss at 1/2 took 65 s for a 60 s limit when neither its MILP's build (3 s) nor
+# that was accounted.
+MILP_MIN_SHARE = 0.1
+FINISH_SIMULATIONS = 3
 COLD_SHARE = 0.5
 BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
 # PuLP builds about 7,000 binaries a second on this project's 2-core machine (DenseNet-201's
@@ -142,9 +147,14 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     ``hints`` are further plans to start from (e.g. a plan for a nearby budget).
     """
     options = options or SolveOptions()
+    t0 = time.perf_counter()
     graph = planner_graph(profile)
     times = [n.time_s for n in profile.nodes]
+    t_eval = time.perf_counter()
     base = evaluate(profile, graph, baseline_decisions(graph))
+    # Time kept for what follows the search: simulating its last plan, the plan's schedule
+    # and memory claim (about three simulations' worth).
+    reserve = FINISH_SIMULATIONS * (time.perf_counter() - t_eval)
     budget_bytes = parse_budget(budget, base.result.peak_bytes)
     log.info("unoptimised peak %s, budget %s, %d stages", format_bytes(base.result.peak_bytes),
              format_bytes(budget_bytes), len(graph.stages))
@@ -156,7 +166,6 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                                   options.variants).evaluate_peak(base.decisions)
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
-    t0 = time.perf_counter()
     heuristic_only = _too_large(graph, options.time_limit_s)
     candidates, lp_bound = heuristic_candidates(profile, graph, budget_bytes,
                                                 options.time_limit_s / 4, options.variants,
@@ -164,14 +173,17 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
     candidates += [evaluate(profile, graph, d) for d in hints
                    if uses_only_variants(graph, options.variants, d)]
+    log.info("%.1f s: %d heuristic plans", time.perf_counter() - t0, len(candidates))
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
                                    options.time_limit_s * REPAIR_SHARE)
+    log.info("%.1f s: %d plans fit", time.perf_counter() - t0, len(fitting))
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only:
         milp, outcome, from_milp, objective_of_milp = _milp_search(
-            profile, graph, budget_bytes, backend, options, start, fitting, t0)
+            profile, graph, budget_bytes, backend, options, start, fitting,
+            t0 + options.time_limit_s - reserve)
     if not fitting and not _fallback:
         raise InfeasibleBudgetError(budget_bytes, None, "no plan found", proven=False)
     if not fitting:
@@ -217,15 +229,16 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
 
 def _milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
                  options: SolveOptions, start: Evaluation | None, fitting: list[Evaluation],
-                 t0: float) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
-    """The full MILP warm-started from ``start``, then window-by-window improvement; plans
-    that fit are appended to ``fitting``. Returns the MILP, the full solve's outcome, the
-    MILP's last plan and its objective."""
+                 deadline: float
+                 ) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
+    """The full MILP warm-started from ``start``, then window-by-window improvement, until
+    ``deadline`` (``time.perf_counter()``); plans that fit are appended to ``fitting``.
+    Returns the MILP, the full solve's outcome, the MILP's last plan and its objective."""
     times = [n.time_s for n in profile.nodes]
-    remaining = max(options.time_limit_s - (time.perf_counter() - t0),
-                    MILP_MIN_SHARE * options.time_limit_s)
     milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
                             include=start.decisions if start is not None else None)
+    remaining = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
+    log.info("MILP built; %.1f s left for it", remaining)
     warm = start is not None and milp.represents(start.decisions)
     if warm:
         milp.set_start(start.decisions)
