@@ -22,7 +22,7 @@ from .candidates import (
 )
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .graph import PlannerGraph
-from .in_place import in_place_summary
+from .in_place import allowed_writes, in_place_summary
 from .lns import improve_by_windows
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
@@ -306,6 +306,10 @@ def _plan_only_milp(graph: PlannerGraph, times: list[float], budget: int,
 def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Evaluation,
                budget_bytes: int, budget_spec: str, info: SolverInfo, solver_peak: int) -> Plan:
     d = ev.decisions
+    if not allowed_writes(graph, d.in_place):
+        # None to make (a profile from before strides were recorded): the runtime, which
+        # captures the graph again with strides, must not find some.
+        d = replace(d, in_place="none")
     schedule = build_schedule(graph, d)
     summary = []
     for o in graph.ops():

@@ -178,3 +178,15 @@ def test_solve_modes_and_plan_files(tmp_path):
     best.save(path)
     assert Plan.load(path).decisions().in_place == "all"
     assert "in place" in describe_plan(best)
+
+
+def test_profiles_without_strides_write_nothing():
+    """A profile from before strides were recorded offers no write in place, and its plans
+    say so (the runtime captures the graph again, with strides)."""
+    old = copy.deepcopy(model_case("resnet18").profile)
+    for n in old.nodes:
+        n.strides = []
+    graph = planner_graph(old)
+    assert allowed_writes(graph, "all") == {}
+    plan = plan_for(old, checkpoint_decisions(graph, set(graph.ops()[::2]), in_place="all"))
+    assert plan.in_place == "none"
