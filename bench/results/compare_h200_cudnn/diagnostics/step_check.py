@@ -1,8 +1,13 @@
-import copy, sys, torch
+import copy
+import sys
+
+import torch
+
 sys.path.insert(0, '.')
-from tests.test_gpu import _cuda_resnet18, _library_bytes, _midway_plan, _measured_peak
-from runtime import load_plan
 from runtime import executor as ex
+from runtime import load_plan
+from tests.test_gpu import _cuda_resnet18, _library_bytes, _measured_peak, _midway_plan
+
 torch.backends.cudnn.benchmark = True
 model, x = _cuda_resnet18()
 lib = _library_bytes(model, x)
@@ -21,7 +26,7 @@ def wrapped(self, step, env, save_rng):
     node = self.fx_nodes[step.runs]
     outs = out if isinstance(out, (tuple, list)) else [out]
     outb = sum(t.untyped_storage().nbytes() for t in outs if isinstance(t, torch.Tensor))
-    rows.append((measured - self.counter.live - self.workspace[step.runs] - outb, step.stage, str(node.target)[:60], node.name, self.workspace[step.runs], measured))
+    rows.append((measured - self.counter.live - self.workspace[step.runs] - outb, step.stage, str(node.target)[:60], node.name, self.workspace[step.runs], measured))  # noqa: E501
     return out
 ex.Executor._execute = wrapped
 planned.zero_grad(set_to_none=True)
