@@ -98,7 +98,9 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
         v.cat = pulp.LpContinuous
     milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
     if milp.problem.sol_status != pulp.LpSolutionOptimal:
-        log.info("LP relaxation not solved (%s)", pulp.LpStatus[milp.problem.status])
+        # HiGHS reports status "Optimal" with a time-limited solution: say what stopped it.
+        log.info("LP relaxation not solved to optimality in %.0f s (%s)", time_limit_s,
+                 pulp.LpSolution.get(milp.problem.sol_status, milp.problem.sol_status))
         return [], None
     bound = pulp.value(milp.problem.objective)
     variants = {e: name for (e, name), v in milp.variant.items() if (v.value() or 0) >= 0.5}
