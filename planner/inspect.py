@@ -74,7 +74,8 @@ def _in_place_lines(plan: Plan) -> list[str]:
     rows = plan.in_place_summary
     runs = sum(e["forward_runs"] + e["recompute_runs"] for e in rows)
     lines = ["", f"writes in place ({plan.in_place}): {runs} runs wrote over a dead input, "
-                 f"{format_bytes(sum(e['bytes'] for e in rows))} not allocated"]
+                 f"{format_bytes(sum(e['bytes'] for e in rows))} of allocations avoided "
+                 "(summed over the runs)"]
     if rows:
         lines.append(f"  {'op':<40} {'ops':>5} {'forward':>8} {'recompute':>10} {'bytes':>11}")
         lines += [f"  {e['op'][:40]:<40} {e['ops']:>5} {e['forward_runs']:>8} "
