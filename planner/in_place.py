@@ -25,7 +25,7 @@ from typing import Any
 
 from profiler.ir import FORWARD
 
-from .graph import GETITEM, VARIANT_MODES, PlannerGraph
+from .graph import GETITEM, VARIANT_MODES, PlannerGraph, storage_lifetimes
 
 # Views that keep a contiguous tensor contiguous: writing over one writes the whole storage
 # in its order.
@@ -63,14 +63,11 @@ def allows(mode: str, used: str) -> bool:
 
 
 def forward_storage_last_use(graph: PlannerGraph) -> dict[int, int]:
-    """The last forward position at which any node referencing each storage is live."""
+    """The last forward position at which any node referencing each storage is live: the
+    same ``storage_lifetimes`` the MILP's forward rows use."""
     cached = getattr(graph, "_forward_storage_last_use", None)
     if cached is None:
-        cached = {}
-        for t, n in enumerate(graph.forward):
-            end = max(graph.forward_last_use[n], t)
-            for s in graph.nodes[n].storages:
-                cached[s] = max(cached.get(s, -1), end)
+        cached = storage_lifetimes(graph, graph.forward, graph.forward_last_use)[1]
         graph._forward_storage_last_use = cached  # type: ignore[attr-defined]
     return cached
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pulp
 
-from .graph import END, PlannerGraph
+from .graph import END, PlannerGraph, storage_lifetimes
 from .in_place import InPlaceWrite
 
 # Memory rows are given to the solver in MiB: byte-sized coefficients (up to 1e10) next to
@@ -50,21 +50,6 @@ def linear(terms: list[tuple[pulp.LpVariable, float]], constant: float = 0
     for var, coef in terms:
         expr.addterm(var, coef)
     return expr
-
-
-def storage_lifetimes(graph: PlannerGraph, order: list[int], node_last_use: dict[int, int]
-                      ) -> tuple[dict[int, int], dict[int, int]]:
-    """For the nodes run in ``order``: the position where each storage is allocated, and
-    the last position where any node referencing it is live (views keep their base)."""
-    created_at: dict[int, int] = {}
-    last_use: dict[int, int] = {}
-    for t, n in enumerate(order):
-        end = max(node_last_use[n], t)
-        for s in graph.nodes[n].storages:
-            last_use[s] = max(last_use.get(s, -1), end)
-        for s in graph.nodes[n].new_storages:
-            created_at[s] = t
-    return created_at, last_use
 
 
 def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],

@@ -16,7 +16,7 @@ import torch.fx as fx
 from planner.in_place import pointwise_out_overload
 from planner.schedule import Step
 from profiler.allocator import allocator_bytes
-from profiler.batch_norm_kernels import batch_norm_into
+from profiler.batch_norm_kernels import batch_norm_into, batch_norm_training
 
 
 @dataclass
@@ -131,9 +131,8 @@ class Executor:
 def _in_place_target(node: fx.Node) -> Callable[..., Any]:
     """What runs ``node`` writing its value over an input (``planner.in_place``): the
     ``out=`` overload of an element-wise op, or the batch norm that normalises in place."""
-    name = getattr(node.target, "__module__", "") + "." + getattr(node.target, "__name__", "")
-    if node.target is torch.ops.aten._native_batch_norm_legit_functional.default or \
-            name.endswith("batch_norm_kernels.batch_norm_training"):
+    if node.target in (torch.ops.aten._native_batch_norm_legit_functional.default,
+                       batch_norm_training):
         return batch_norm_into
     out = pointwise_out_overload(str(node.target))
     if out is None:
@@ -165,16 +164,10 @@ def _compile_call(node: fx.Node, into: int = -1) -> Callable[[dict[int, Any]], A
         constants[name] = arg  # a scalar, dtype, device, ... or a structure without nodes
         return name
 
-    if into >= 0:
-        if constants["fn"] is batch_norm_into and not (
-                isinstance(node.args[0], fx.Node) and node.args[0].meta["monet_index"] == into):
-            raise ValueError(f"{node.name} normalises in place only into its first argument")
-        parts = [render(a) for a in node.args]
-        parts += [f"{k}={render(v)}" for k, v in node.kwargs.items()]
-        if constants["fn"] is not batch_norm_into:
-            parts.append(f"out=env[{into}]")
-        return eval(f"lambda env: fn({', '.join(parts)})", constants)  # noqa: S307
-    if any(isinstance(a, dict) for a in (*node.args, *node.kwargs.values())):
+    if into >= 0 and constants["fn"] is batch_norm_into and not (
+            isinstance(node.args[0], fx.Node) and node.args[0].meta["monet_index"] == into):
+        raise ValueError(f"{node.name} normalises in place only into its first argument")
+    if into < 0 and any(isinstance(a, dict) for a in (*node.args, *node.kwargs.values())):
         def call(env: dict[int, Any]) -> Any:  # rare: a dict argument; map it each time
             args, kwargs = fx.node.map_arg((node.args, node.kwargs),
                                            lambda a: env[a.meta["monet_index"]])
@@ -185,6 +178,8 @@ def _compile_call(node: fx.Node, into: int = -1) -> Callable[[dict[int, Any]], A
     else:
         parts = [render(a) for a in node.args]
         parts += [f"{k}={render(v)}" for k, v in node.kwargs.items()]
+        if into >= 0 and constants["fn"] is not batch_norm_into:
+            parts.append(f"out=env[{into}]")
         body = f"fn({', '.join(parts)})"
     return eval(f"lambda env: {body}", constants)  # noqa: S307 (our own generated source)
 

@@ -39,6 +39,15 @@ def _step(model, x) -> None:
     model(x).float().square().mean().backward()
 
 
+def _assert_step_close(eager, planned) -> None:
+    """Each gradient within 1e-3 of eager's largest entry; buffers within float rounding."""
+    for (name, p), q in zip(eager.named_parameters(), planned.module.parameters()):
+        scale = p.grad.abs().max().item() or 1.0
+        assert (p.grad - q.grad).abs().max().item() <= 1e-3 * scale, name
+    for a, b in zip(eager.buffers(), planned.module.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _library_bytes(model, x) -> int:
     """Bytes still allocated after eager steps beyond parameters, buffers and the input."""
     eager = copy.deepcopy(model)
@@ -122,11 +131,7 @@ def test_plan_gradients_match_eager_on_cuda(make):
         planned = load_plan(copy.deepcopy(model), plan)
         _step(eager, x)
         _step(planned, x)
-        for (name, p), q in zip(eager.named_parameters(), planned.module.parameters()):
-            scale = p.grad.abs().max().item() or 1.0
-            assert (p.grad - q.grad).abs().max().item() <= 1e-3 * scale, name
-        for a, b in zip(eager.buffers(), planned.module.buffers()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        _assert_step_close(eager, planned)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False  # torch's default
         torch.backends.cudnn.allow_tf32 = True  # torch's default
@@ -194,10 +199,6 @@ def test_writes_in_place_on_cuda():
         _step(eager, x)
         _step(planned, x)
         assert planned.last_peak_bytes == plan.predicted_peak_bytes
-        for (name, p), q in zip(eager.named_parameters(), planned.module.parameters()):
-            scale = p.grad.abs().max().item() or 1.0
-            assert (p.grad - q.grad).abs().max().item() <= 1e-3 * scale, name
-        for a, b in zip(eager.buffers(), planned.module.buffers()):
-            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        _assert_step_close(eager, planned)
     finally:
         torch.backends.cudnn.allow_tf32 = True  # torch's default
