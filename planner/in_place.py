@@ -1,9 +1,9 @@
 """Forward ops that write their value into the storage of an input nothing reads later.
 
 An element-wise op (ATen's ``torch.Tag.pointwise``: ReLU, the residual addition, GELU,
-...) whose output has the shape and dtype of one of its inputs can write its value over
-that input when no later op of the schedule reads it and the plan keeps no copy of it;
-ATen's ``out=`` overload of the op then runs the same kernel on the same elements, so the
+...) or a softmax (a GPT's log-softmax over its logits) whose output has the shape and
+dtype of one of its inputs can write its value over that input when no later op of the
+schedule reads it and the plan keeps no copy of it; ATen's ``out=`` overload of the op then runs the same kernel on the same elements, so the
 value is bit-identical. A training batch norm normalises its input in place the same way
 (``native_batch_norm.out`` with the input as ``out``: bit-identical on the CPU; on CUDA it
 runs ATen's kernel where eager runs cuDNN's, so the output differs by float rounding).
@@ -32,6 +32,12 @@ from .graph import GETITEM, VARIANT_MODES, PlannerGraph, storage_lifetimes
 WHOLE_VIEWS = ("aten.view.default", "aten._unsafe_view.default")
 BATCH_NORM_TARGETS = ("aten._native_batch_norm_legit_functional.default",
                       "profiler.batch_norm_kernels.batch_norm_training")
+# Softmaxes write their value over their input through ``out=`` as well: every row is
+# reduced before any of its elements is written, and each element is written after its
+# last read, so the value is bit-identical (tested for every dimension on the CPU). Only
+# where the output has the input's layout and dtype (not ``half_to_float``).
+SOFTMAX_OUT_OVERLOADS = {"aten._log_softmax.default": "_log_softmax.out",
+                         "aten._softmax.default": "_softmax.out"}
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,9 @@ def _write_of(graph: PlannerGraph, o: int, pos: int, needed_later: set[int]
     if node.target in BATCH_NORM_TARGETS:
         candidates, exact = node.inputs[:1], False
         layout = (node.shape[0], node.strides[0], node.dtype)
+    elif len(node.new_storages) == 1 and node.target in SOFTMAX_OUT_OVERLOADS:
+        candidates, exact = node.inputs[:1], True
+        layout = (node.shape, node.strides, node.dtype)
     elif len(node.new_storages) == 1 and pointwise_out_overload(node.target) is not None:
         candidates, exact = list(dict.fromkeys(node.inputs)), True
         layout = (node.shape, node.strides, node.dtype)
@@ -174,6 +183,17 @@ def pointwise_out_overload(target: str) -> Any:
         if len(outs) == 1 and [(a.name, str(a.type)) for a in args if not a.is_out] == want:
             return candidate
     return None
+
+
+def in_place_overload(target: str) -> Any:
+    """The ``out=`` overload that runs forward op ``target`` over its input: a softmax's
+    (``SOFTMAX_OUT_OVERLOADS``) or an element-wise op's; None for any other op."""
+    if target in SOFTMAX_OUT_OVERLOADS:
+        import torch
+
+        packet, overload = SOFTMAX_OUT_OVERLOADS[target].split(".")
+        return getattr(getattr(torch.ops.aten, packet), overload)
+    return pointwise_out_overload(target)
 
 
 def in_place_summary(graph: PlannerGraph, mode: str, steps: list[Any]) -> list[dict[str, Any]]:

@@ -109,13 +109,21 @@ def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
     """Bytes of backward-allocated storages live while each executed node runs, and just
     before it runs (without what it allocates)."""
     created_at, last_use = storage_lifetimes(graph, graph.executed, graph.backward_last_use)
+    # A backward node that writes its value into a forward tensor dead after it (a
+    # cross-entropy's backward into the log-softmax) takes that storage over: the forward
+    # tensor's copy counts at the node's own step, the backward value's from the next.
+    taken = {}
+    for t, e in enumerate(graph.executed):
+        if graph.nodes[e].writes_into >= 0:
+            for s in graph.planned_storages(e):
+                taken[s] = t
     n = len(graph.executed)
     live = [0] * n
     before = [0] * n
-    for s, t in created_at.items():
+    for s, t in (*created_at.items(), *taken.items()):
         stop = min(last_use[s], n - 1) if last_use[s] < END else n - 1
         b = graph.storage_bytes[s]
-        for j in range(t, stop + 1):
+        for j in range(t + (s in taken), stop + 1):
             live[j] += b
         for j in range(t + 1, stop + 1):
             before[j] += b

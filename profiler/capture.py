@@ -29,6 +29,7 @@ from .inplace_backward import (
     INPLACE_META,
     INPLACE_REPLACED,
     add_backward_in_place,
+    cross_entropy_backward_in_place,
     softmax_backward_in_place,
 )
 from .ir import (
@@ -170,6 +171,7 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
     insert_variants(gm, forward)
     if rewrite_backward:
         add_backward_in_place(gm, forward)
+        cross_entropy_backward_in_place(gm, forward)
         softmax_backward_in_place(gm, forward)
     route_batch_norm_to_cudnn(gm)
     return _label(gm, model, example_inputs, joint.out_spec, amp)

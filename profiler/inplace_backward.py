@@ -15,6 +15,12 @@ over the last dimension: their incoming gradient is usually a backward tensor wi
 reader (``nll_loss_backward``'s output in a cross-entropy), and rows are independent, so
 ``variant_ops.softmax_backward_into`` computes the result a chunk of rows at a time into it.
 
+A cross-entropy's backward goes further: ``nll_loss_backward`` followed by the
+log-softmax backward reads the forward's log-softmax and nothing later does, so
+``variant_ops.cross_entropy_backward_into`` computes both, a chunk of rows at a time, into
+the log-softmax's own storage: the logits' gradient then takes the place of a forward
+tensor (``writes_into`` names it), which the planner counts as a backward tensor from there.
+
 The forward pass's residual additions are not rewritten here: whether their inputs are
 dead depends on what the plan keeps and recomputes, so the planner writes them in place
 where its plan lets it (``planner.in_place``).
@@ -95,6 +101,90 @@ def _softmax_into_args(node: fx.Node, forward: set[fx.Node]) -> tuple[tuple, int
     rows = max(1, SOFTMAX_CHUNK_BYTES // row_bytes)
     chunk_bytes = min(rows, val.numel() // val.shape[-1]) * row_bytes
     return (grad, out, -1, input_dtype, _SOFTMAX_BACKWARD[node.target], rows), chunk_bytes
+
+
+def _same_storage(a: fx.Node, b: fx.Node) -> bool:
+    va, vb = a.meta.get("val"), b.meta.get("val")
+    return isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and \
+        StorageWeakRef(va.untyped_storage()) == StorageWeakRef(vb.untyped_storage())
+
+
+def _storage_root(node: fx.Node) -> fx.Node:
+    """The node whose value ``node``'s value is an alias chain (detach, view) of."""
+    while node.op == "call_function" and node.all_input_nodes and \
+            _same_storage(node, node.all_input_nodes[0]):
+        node = node.all_input_nodes[0]
+    return node
+
+
+def _read_only_by(root: fx.Node, readers: set[fx.Node], forward: set[fx.Node]) -> bool:
+    """No backward node outside ``readers`` reads ``root``'s storage (directly or through
+    an alias), and no graph output holds it."""
+    stack, seen = [root], {root}
+    while stack:
+        for user in stack.pop().users:
+            if user in seen or user in readers:
+                continue
+            if user.op != "output" and _same_storage(user, root):
+                seen.add(user)
+                stack.append(user)
+            elif user not in forward or user.op == "output":
+                return False
+    return True
+
+
+def _cross_entropy_into_args(node: fx.Node, forward: set[fx.Node]
+                             ) -> tuple[tuple, fx.Node, int] | None:
+    """For a log-softmax backward whose incoming gradient is a dead ``nll_loss_backward``
+    over the same 2-D log-softmax, which nothing later reads: the
+    ``cross_entropy_backward_into`` arguments, the log-softmax node and the bytes of one
+    chunk; else None."""
+    if node.op != "call_function" or node.target is not aten._log_softmax_backward_data.default \
+            or node in forward or node.kwargs:
+        return None
+    nll, out, dim, input_dtype = node.args
+    if not isinstance(nll, fx.Node) or nll.target is not aten.nll_loss_backward.default or \
+            nll.kwargs or len(nll.args) != 7 or len(nll.users) != 1 or \
+            not isinstance(out, fx.Node) or not isinstance(nll.args[1], fx.Node):
+        return None
+    root = _storage_root(out)
+    val, log_probs = node.meta.get("val"), root.meta.get("val")
+    if root not in forward or _storage_root(nll.args[1]) is not root or \
+            not isinstance(val, torch.Tensor) or val.dim() != 2 or dim not in (-1, 1) or \
+            not isinstance(log_probs, torch.Tensor) or not _owns_storage(root, log_probs) or \
+            (val.shape, val.dtype, val.stride()) != \
+            (log_probs.shape, log_probs.dtype, log_probs.stride()) or \
+            not val.is_contiguous() or not _read_only_by(root, {node, nll}, forward):
+        return None
+    grad_loss, _self, target, weight, reduction, ignore_index, total_weight = nll.args
+    row_bytes = val.shape[-1] * val.element_size()
+    rows = max(1, SOFTMAX_CHUNK_BYTES // row_bytes)
+    chunk_bytes = min(rows, val.shape[0]) * row_bytes
+    args = (grad_loss, root, target, weight, reduction, ignore_index, total_weight,
+            input_dtype, rows)
+    return args, root, chunk_bytes
+
+
+def cross_entropy_backward_in_place(gm: fx.GraphModule, forward: set[fx.Node]) -> int:
+    """Rewrite every cross-entropy backward (``nll_loss_backward`` then the log-softmax
+    backward) whose log-softmax is dead after it into
+    ``variant_ops.cross_entropy_backward_into``. Returns the count."""
+    graph = gm.graph
+    count = 0
+    for node in list(graph.nodes):
+        found = _cross_entropy_into_args(node, forward)
+        if found is None:
+            continue
+        args, root, chunk_bytes = found
+        nll = node.args[0]
+        new = _write_in_place(graph, node, ops.cross_entropy_backward_into, args, root)
+        graph.erase_node(nll)
+        new.meta["monet_workspace"] = 2 * chunk_bytes  # the two kernels' chunks
+        count += 1
+    if count:
+        gm.recompile()
+    log.info("%d cross-entropy backward nodes write into their dead log-softmax", count)
+    return count
 
 
 def _write_in_place(graph: fx.Graph, node: fx.Node, fn: Callable[..., Any], args: tuple,

@@ -255,6 +255,29 @@ def softmax_backward_into(grad: Tensor, out: Tensor, dim: int, input_dtype: torc
     return grad
 
 
+def cross_entropy_backward_into(grad_loss: Tensor, log_probs: Tensor, target: Tensor,
+                                weight: Tensor | None, reduction: int, ignore_index: int,
+                                total_weight: Tensor, input_dtype: torch.dtype,
+                                rows_per_chunk: int) -> Tensor:
+    """A cross-entropy's backward, ``aten.nll_loss_backward`` then
+    ``aten._log_softmax_backward_data``, written into ``log_probs`` (the forward's
+    log-softmax, whose value is dead after it), ``rows_per_chunk`` rows at a time.
+
+    Both kernels treat rows independently (the loss's normaliser ``total_weight`` is an
+    argument), so each chunk runs the same two aten kernels on its rows and is copied back
+    over them: bit-identical to the two whole calls. The step holds two chunks where it
+    held a gradient of the log-probabilities' size next to them: for a GPT's 50257-token
+    vocabulary at 8x1024 tokens, 1.5 GiB less at the head's backward.
+    """
+    flat = log_probs.view(-1, log_probs.shape[-1])
+    for start in range(0, flat.shape[0], rows_per_chunk):
+        rows = slice(start, start + rows_per_chunk)
+        grad = aten.nll_loss_backward.default(grad_loss, flat[rows], target[rows], weight,
+                                              reduction, ignore_index, total_weight)
+        flat[rows] = aten._log_softmax_backward_data.default(grad, flat[rows], -1, input_dtype)
+    return log_probs
+
+
 # A pointwise program (``pointwise_value_and_derivative``): steps of
 # (ATen op name, args, kwargs); an argument "%x" is the input, "%<i>" step i's value.
 PointwiseProgram = tuple[tuple[str, tuple[Any, ...], tuple[tuple[str, Any], ...]], ...]

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.fx as fx
 
-from planner.in_place import pointwise_out_overload
+from planner.in_place import in_place_overload
 from planner.schedule import Step
 from profiler.allocator import allocator_bytes
 from profiler.batch_norm_kernels import batch_norm_into, batch_norm_training
@@ -130,11 +130,12 @@ class Executor:
 
 def _in_place_target(node: fx.Node) -> Callable[..., Any]:
     """What runs ``node`` writing its value over an input (``planner.in_place``): the
-    ``out=`` overload of an element-wise op, or the batch norm that normalises in place."""
+    ``out=`` overload of an element-wise op or a softmax, or the batch norm that normalises
+    in place."""
     if node.target in (torch.ops.aten._native_batch_norm_legit_functional.default,
                        batch_norm_training):
         return batch_norm_into
-    out = pointwise_out_overload(str(node.target))
+    out = in_place_overload(str(node.target))
     if out is None:
         raise ValueError(f"{node.name} ({node.target}) cannot run in place")
     return out

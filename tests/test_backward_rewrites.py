@@ -9,9 +9,10 @@ import torch.nn as nn
 
 from planner import solve
 from planner.backends import SolveOptions
+from planner.heuristic import checkpoint_decisions
 from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
-from planner.solve import planner_graph
+from planner.solve import plan_for, planner_graph
 from profiler import variant_ops as vo
 from profiler.profile import profile_model
 from runtime import load_plan
@@ -126,15 +127,33 @@ def test_gradient_sums_written_into_a_dead_summand():
 
 class ClassifierLoss(nn.Module):
     """A linear classifier and its cross-entropy inside the graph, as bench/compare.py
-    captures a step: ``nll_loss_backward``'s gradient feeds the log-softmax backward."""
+    captures a step: ``nll_loss_backward``'s gradient feeds the log-softmax backward. With
+    ``soft`` targets (class probabilities), a product's gradient feeds it."""
 
-    def __init__(self, width: int = 32, classes: int = 3000):
+    def __init__(self, width: int = 32, classes: int = 3000, soft: bool = False):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(width, width), nn.Tanh())
         self.head = nn.Linear(width, classes)
+        self.soft = soft
 
     def forward(self, x, target):
-        return nn.functional.cross_entropy(self.head(self.body(x)), target) * 1.0
+        logits = self.head(self.body(x))
+        if self.soft:
+            return -(logits.log_softmax(-1) * target).sum(-1).mean()
+        return nn.functional.cross_entropy(logits, target) * 1.0
+
+
+def _step_equals_eager(model, inputs, plan):
+    model.zero_grad(set_to_none=True)
+    planned = load_plan(copy.deepcopy(model), plan)
+    loss = planned(*inputs)
+    loss.backward()
+    expected = model(*inputs)
+    expected.backward()
+    assert torch.equal(loss, expected)
+    assert planned.last_peak_bytes == plan.predicted_peak_bytes
+    for (name, p), q in zip(model.named_parameters(), planned.module.parameters()):
+        assert torch.equal(p.grad, q.grad), name
 
 
 @pytest.mark.parametrize("chunk_bytes", [None, 40_000])
@@ -143,10 +162,11 @@ def test_log_softmax_backward_written_into_its_dead_gradient(monkeypatch, chunk_
     if chunk_bytes:  # several chunks of 3 rows (12 KB each)
         monkeypatch.setattr(inplace_backward, "SOFTMAX_CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(0)
-    model = ClassifierLoss()
-    inputs = (torch.randn(64, 32), torch.randint(0, 3000, (64,)))
+    model = ClassifierLoss(soft=True)
+    inputs = (torch.randn(64, 32), torch.rand(64, 3000).softmax(-1))
     plain = profile_model(model, inputs, estimate=True, rewrite_backward=False)
     profile = profile_model(model, inputs, estimate=True)
+    assert not any(n.target.endswith("cross_entropy_backward_into") for n in profile.nodes)
     in_place = [n for n in profile.nodes if n.target.endswith("softmax_backward_into")]
     assert len(in_place) == 1 and in_place[0].writes_into >= 0
     assert not in_place[0].new_storages
@@ -154,13 +174,60 @@ def test_log_softmax_backward_written_into_its_dead_gradient(monkeypatch, chunk_
     assert _memory_at_sums(profile, in_place[0].target) == [
         m - logits + in_place[0].workspace_bytes
         for m in _memory_at_sums(plain, "aten._log_softmax_backward_data.default")]
-    plan = solve(profile, 1.0, options=SolveOptions(time_limit_s=5))
-    planned = load_plan(copy.deepcopy(model), plan)
-    planned(*inputs).backward()
-    model(*inputs).backward()
-    assert planned.last_peak_bytes == plan.predicted_peak_bytes
-    for (name, p), q in zip(model.named_parameters(), planned.module.parameters()):
-        assert torch.equal(p.grad, q.grad), name
+    _step_equals_eager(model, inputs, solve(profile, 1.0, options=SolveOptions(time_limit_s=5)))
+
+
+@pytest.mark.parametrize("chunk_bytes", [None, 40_000])
+def test_cross_entropy_backward_written_into_the_dead_log_softmax(monkeypatch, chunk_bytes):
+    """nll_loss_backward and the log-softmax backward become one node writing the logits'
+    gradient over the log-softmax: two logits-sized tensors fewer while it runs; plans that
+    keep or recompute the log-softmax give eager's step."""
+    from profiler import inplace_backward
+    if chunk_bytes:
+        monkeypatch.setattr(inplace_backward, "SOFTMAX_CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    model = ClassifierLoss()
+    inputs = (torch.randn(64, 32), torch.randint(0, 3000, (64,)))
+    inputs[1][::7] = -100  # ignored rows
+    plain = profile_model(model, inputs, estimate=True, rewrite_backward=False)
+    profile = profile_model(model, inputs, estimate=True)
+    fused = [n for n in profile.nodes if n.target.endswith("cross_entropy_backward_into")]
+    assert len(fused) == 1 and not fused[0].new_storages
+    assert not any(n.target.startswith("aten.nll_loss_backward") for n in profile.nodes)
+    log_probs = profile.nodes[fused[0].writes_into]
+    assert log_probs.target == "aten._log_softmax.default" and log_probs.role == "forward"
+    assert fused[0].storages == log_probs.storages
+    logits = 64 * 3000 * 4
+    # Up to the loss's scalar gradients, which now live until the fused node.
+    [fused_at] = _memory_at_sums(profile, fused[0].target)
+    [eager_at] = _memory_at_sums(plain, "aten._log_softmax_backward_data.default")
+    assert 0 <= fused_at - (eager_at - 2 * logits + fused[0].workspace_bytes) <= 16
+    _step_equals_eager(model, inputs, solve(profile, 1.0, options=SolveOptions(
+        time_limit_s=5, variants="exact")))
+    graph = planner_graph(profile)
+    for kept in (set(graph.ops()), set()):  # keeps, then recomputes, the log-softmax
+        for in_place in ("none", "all"):  # the forward writes it over the logits or not
+            plan = plan_for(profile, checkpoint_decisions(graph, kept, {}, in_place=in_place))
+            assert plan.solver_peak_bytes == plan.predicted_peak_bytes
+            _step_equals_eager(model, inputs, plan)
+
+
+def test_cross_entropy_backward_into_equals_aten_kernels():
+    torch.manual_seed(0)
+    log_probs = torch.randn(11, 37, dtype=torch.float64).log_softmax(-1)
+    target = torch.randint(0, 37, (11,))
+    target[3] = -100
+    weight = torch.rand(37, dtype=torch.float64)
+    for w, reduction in ((None, 1), (weight, 1), (None, 2)):
+        loss, total = aten.nll_loss_forward(log_probs, target, w, reduction, -100)
+        grad_loss = torch.tensor(1.3, dtype=torch.float64)
+        expected = aten._log_softmax_backward_data(
+            aten.nll_loss_backward(grad_loss, log_probs, target, w, reduction, -100, total),
+            log_probs, -1, torch.float64)
+        into = log_probs.clone()
+        result = vo.cross_entropy_backward_into(grad_loss, into, target, w, reduction, -100,
+                                                total, torch.float64, 4)
+        assert result is into and torch.equal(result, expected)
 
 
 def test_softmax_backward_into_equals_aten_kernel():
@@ -175,23 +242,18 @@ def test_softmax_backward_into_equals_aten_kernel():
 
 
 def test_gpt_with_its_loss_in_the_graph_plans_the_logits():
-    """examples.gpt.GPTWithLoss: the loss is the graph's output, the log-softmax backward
-    writes into its incoming gradient, and a recomputing plan's step equals eager's."""
+    """examples.gpt.GPTWithLoss: the loss is the graph's output, its backward writes into
+    the log-softmax, which writes over the logits in a plan with writes in place, and a
+    recomputing plan's step equals eager's."""
     from examples.gpt import GPTWithLoss
     torch.manual_seed(0)
     model = GPTWithLoss(vocab=300, d=16, heads=2, layers=2, seq=8)
     inputs = (torch.randint(0, 300, (4, 8)), torch.randint(0, 300, (4, 8)))
     profile = profile_model(model, inputs, estimate=True)
-    assert sum(n.target.endswith("softmax_backward_into") for n in profile.nodes) == 1
+    assert sum(n.target.endswith("cross_entropy_backward_into") for n in profile.nodes) == 1
     # Exact variants only: the norm-from-output ones change the arithmetic.
     plan = solve(profile, 0.8, options=SolveOptions(time_limit_s=5, variants="exact"))
     assert sum(map(len, plan.recompute)) > 0
-    planned = load_plan(copy.deepcopy(model), plan)
-    loss = planned(*inputs)
-    loss.backward()
-    expected = model(*inputs)
-    expected.backward()
-    assert torch.equal(loss, expected)
-    assert planned.last_peak_bytes == plan.predicted_peak_bytes
-    for (name, p), q in zip(model.named_parameters(), planned.module.parameters()):
-        assert torch.equal(p.grad, q.grad), name
+    assert any(e["op"] == "aten._log_softmax" and e["forward_runs"] + e["recompute_runs"]
+               for e in plan.in_place_summary)
+    _step_equals_eager(model, inputs, plan)
