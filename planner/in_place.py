@@ -4,9 +4,10 @@ An element-wise op (ATen's ``torch.Tag.pointwise``: ReLU, the residual addition,
 ...) or a softmax (a GPT's log-softmax over its logits) whose output has the shape and
 dtype of one of its inputs can write its value over that input when no later op of the
 schedule reads it and the plan keeps no copy of it; ATen's ``out=`` overload of the op
-then runs the same kernel on the same elements, so the value is bit-identical. A training batch norm normalises its input in place the same way
-(``native_batch_norm.out`` with the input as ``out``: bit-identical on the CPU; on CUDA it
-runs ATen's kernel where eager runs cuDNN's, so the output differs by float rounding).
+then runs the same kernel on the same elements, so the value is bit-identical. A training
+batch norm normalises its input in place the same way (``native_batch_norm.out`` with the
+input as ``out``: bit-identical on the CPU; on CUDA it runs ATen's kernel where eager runs
+cuDNN's, so the output differs by float rounding).
 
 Whether the input is dead depends on the plan: in the forward pass, when its last forward
 reader is the op and it is not kept; in a stage's recompute phase, when it was recomputed
