@@ -52,6 +52,8 @@ REWRITES = {
     "profiler.variant_ops.add_into": "gradient sums written into a dead summand",
     "profiler.variant_ops.softmax_backward_into":
         "softmax backward written into its dead incoming gradient",
+    "profiler.variant_ops.cross_entropy_backward_into":
+        "cross-entropy backward written into its dead log-softmax",
     "profiler.variant_ops.pointwise_value_and_derivative":
         "element-wise chains fused with their derivative (forward-mode AD)",
 }

@@ -10,6 +10,7 @@ import torch.nn as nn
 from planner import solve
 from planner.backends import SolveOptions
 from planner.heuristic import checkpoint_decisions
+from planner.inspect import describe_plan
 from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import plan_for, planner_graph
@@ -202,8 +203,9 @@ def test_cross_entropy_backward_written_into_the_dead_log_softmax(monkeypatch, c
     [fused_at] = _memory_at_sums(profile, fused[0].target)
     [eager_at] = _memory_at_sums(plain, "aten._log_softmax_backward_data.default")
     assert 0 <= fused_at - (eager_at - 2 * logits + fused[0].workspace_bytes) <= 16
-    _step_equals_eager(model, inputs, solve(profile, 1.0, options=SolveOptions(
-        time_limit_s=5, variants="exact")))
+    plan = solve(profile, 1.0, options=SolveOptions(time_limit_s=5, variants="exact"))
+    assert "1  cross-entropy backward written into its dead log-softmax" in describe_plan(plan)
+    _step_equals_eager(model, inputs, plan)
     graph = planner_graph(profile)
     for kept in (set(graph.ops()), set()):  # keeps, then recomputes, the log-softmax
         for in_place in ("none", "all"):  # the forward writes it over the logits or not
