@@ -41,6 +41,8 @@ from bench.common import write_atomic  # noqa: E402
 from planner import InfeasibleBudgetError, smallest_feasible_budget, solve  # noqa: E402
 from planner.backends import SolveOptions  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
+from planner.candidates import planner_graph  # noqa: E402
+from planner.schedule import Decisions  # noqa: E402
 from profiler import Profile, load_model, profile_model  # noqa: E402
 
 MODELS = {
@@ -82,6 +84,32 @@ def _forward_targets(profile: Profile) -> list[str]:
     return [n.target for n in profile.nodes if n.role == "forward"]
 
 
+def translate_stages(decisions: Decisions, source: Profile, target: Profile
+                     ) -> Decisions | None:
+    """``decisions`` for ``source``'s graph, carried over to ``target``'s graph with the
+    same forward pass but rewritten backward stages (the cross-entropy backward fused into
+    one stage): stages are matched by the name of their last executed node, and a target
+    stage takes the union of what the source stages merged into it keep and recompute.
+    None when no stage structure matches."""
+    src, dst = planner_graph(source), planner_graph(target)
+    if len(src.stages) == len(dst.stages):
+        return decisions
+    last_src = [source.nodes[st[-1]].name for st in src.stages]
+    last_dst = [target.nodes[st[-1]].name for st in dst.stages]
+    keep, recompute, j = [], [], 0
+    for name in last_dst:
+        if name not in last_src[j:]:
+            return None
+        end = last_src.index(name, j) + 1
+        merged = range(j, end)
+        rec = set().union(*(decisions.recompute[i] for i in merged))
+        made = {s for o in rec for s in src.planned_storages(o)}
+        keep.append(set().union(*(decisions.keep[i] for i in merged)) - made)
+        recompute.append(rec)
+        j = end
+    return replace(decisions, keep=keep, recompute=recompute)
+
+
 def solve_row(profile: Profile, budget: int, options: SolveOptions, hints=()):
     t0 = time.perf_counter()
     try:
@@ -119,7 +147,9 @@ def main() -> None:
         for frac in FRACTIONS:
             budget = int(peak * frac)
             ck, ck_s = solve_row(fused, budget, plain)
-            hints = [ck.decisions()] if ck is not None and same_forward else []
+            hint = translate_stages(ck.decisions(), fused, profile) \
+                if ck is not None and same_forward else None
+            hints = [hint] if hint is not None else []
             va, va_s = solve_row(profile, budget, with_variants, hints)
             rec = {"model": name, "fraction": frac, "budget": budget}
             for tag, plan, secs in (("checkpoint", ck, ck_s), ("variants", va, va_s)):

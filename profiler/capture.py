@@ -23,7 +23,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 from .allocator import allocator_bytes
 from .batch_norm_kernels import route_batch_norm_to_cudnn
-from .capture_errors import CaptureError, ModuleTracker, capture_error
+from .capture_errors import MODULE_META, CaptureError, ModuleTracker, capture_error
 from .descriptors import output_record, placeholder_role
 from .inplace_backward import (
     INPLACE_META,
@@ -93,12 +93,16 @@ def _tensors_of(val: Any) -> list[torch.Tensor]:
     return []
 
 
-def _module_paths(records: list[NodeRecord]) -> None:
-    """Name each node after the module whose parameters it reads, else after its inputs'
-    (the joint export records no module stack)."""
-    for r in records:
+def _module_paths(records: list[NodeRecord], nodes: list[fx.Node]) -> None:
+    """Name each node after the module it was traced in (``ModuleTracker``), else after
+    the module whose parameters it reads, else after its inputs'."""
+    for r, n in zip(records, nodes):
         if r.role in (PARAM, BUFFER):
             r.module = r.desc.rsplit(".", 1)[0] if "." in r.desc else ""
+            continue
+        traced = (n.meta.get("custom") or {}).get(MODULE_META)
+        if traced is not None:
+            r.module = traced
             continue
         owners = [records[i].module for i in r.inputs if records[i].role in (PARAM, BUFFER)]
         inherited = [records[i].module for i in r.inputs if records[i].module]
@@ -345,7 +349,7 @@ def _label(gm: fx.GraphModule, model: torch.nn.Module,
         if r.role == BACKWARD and r.target == "<built-in function getitem>" and \
                 records[r.inputs[0]].role == FORWARD:
             r.role = FORWARD
-    _module_paths(records)
+    _module_paths(records, graph_nodes)
     for r, n in zip(records, graph_nodes):
         n.meta["monet_role"] = r.role
         n.meta["monet_index"] = r.index

@@ -27,32 +27,45 @@ def _is_user_file(path: str) -> bool:
     return not (path.startswith(_STDLIB) and "site-packages" not in path)
 
 
+MODULE_META = "monet_module"
+
+
 class CaptureError(RuntimeError):
     """The model could not be captured into a joint graph."""
 
 
 class ModuleTracker:
-    """The dotted paths of the model's modules being run, innermost last."""
+    """The dotted paths of the model's modules being run, innermost last. While active, the
+    nodes traced inside a module carry its path in their metadata (``MODULE_META`` of
+    ``node.meta["custom"]``, through ``torch.fx.traceback.annotate``; autograd copies it
+    to many of their backward nodes), since the joint export records no module stack."""
 
     def __init__(self, model: torch.nn.Module):
         self.names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
+        self.paths = {id(m): name for name, m in model.named_modules()}
         self.stack: list[str] = []
         self.at_failure: list[str] = []
 
     @contextlib.contextmanager
     def active(self) -> Iterator["ModuleTracker"]:
+        from torch.fx.traceback import annotate
         from torch.nn.modules.module import (
             register_module_forward_hook,
             register_module_forward_pre_hook,
         )
 
+        annotations: list[contextlib.AbstractContextManager] = []
+
         def pre(module: torch.nn.Module, args: Any) -> None:
             if id(module) in self.names:
                 self.stack.append(self.names[id(module)])
+                annotations.append(annotate({MODULE_META: self.paths[id(module)]}))
+                annotations[-1].__enter__()
 
         def post(module: torch.nn.Module, args: Any, out: Any) -> None:
             if id(module) in self.names and self.stack:
                 self.stack.pop()
+                annotations.pop().__exit__(None, None, None)
 
         handles = [register_module_forward_pre_hook(pre), register_module_forward_hook(post)]
         try:
@@ -63,6 +76,8 @@ class ModuleTracker:
         finally:
             for h in handles:
                 h.remove()
+            while annotations:  # a module that raised never ran its post hook
+                annotations.pop().__exit__(None, None, None)
 
 
 def _chain(e: BaseException) -> Iterator[BaseException]:
