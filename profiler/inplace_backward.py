@@ -97,10 +97,16 @@ def _softmax_into_args(node: fx.Node, forward: set[fx.Node]) -> tuple[tuple, int
             not isinstance(out, fx.Node) or not out.meta["val"].is_contiguous() or \
             not _dead_input(node, grad, forward):
         return None
+    rows, chunk_bytes = _row_chunks(val)
+    return (grad, out, -1, input_dtype, _SOFTMAX_BACKWARD[node.target], rows), chunk_bytes
+
+
+def _row_chunks(val: torch.Tensor) -> tuple[int, int]:
+    """Rows of ``val``'s last dimension per chunk of at most ``SOFTMAX_CHUNK_BYTES`` (one
+    row at least), and the bytes of the largest chunk."""
     row_bytes = val.shape[-1] * val.element_size()
     rows = max(1, SOFTMAX_CHUNK_BYTES // row_bytes)
-    chunk_bytes = min(rows, val.numel() // val.shape[-1]) * row_bytes
-    return (grad, out, -1, input_dtype, _SOFTMAX_BACKWARD[node.target], rows), chunk_bytes
+    return rows, min(rows, val.numel() // val.shape[-1]) * row_bytes
 
 
 def _same_storage(a: fx.Node, b: fx.Node) -> bool:
@@ -157,9 +163,7 @@ def _cross_entropy_into_args(node: fx.Node, forward: set[fx.Node]
             not val.is_contiguous() or not _read_only_by(root, {node, nll}, forward):
         return None
     grad_loss, _self, target, weight, reduction, ignore_index, total_weight = nll.args
-    row_bytes = val.shape[-1] * val.element_size()
-    rows = max(1, SOFTMAX_CHUNK_BYTES // row_bytes)
-    chunk_bytes = min(rows, val.shape[0]) * row_bytes
+    rows, chunk_bytes = _row_chunks(val)
     args = (grad_loss, root, target, weight, reduction, ignore_index, total_weight,
             input_dtype, rows)
     return args, root, chunk_bytes
