@@ -53,3 +53,11 @@ def gpt_small(batch: int = 4, seq: int = 64, vocab: int = 512):
     model = GPT(vocab=vocab, d=64, heads=4, layers=2, seq=seq, dropout=0.1)
     tokens = torch.randint(0, vocab, (batch, seq))
     return model, tokens
+
+
+def gpt_small_fused(batch: int = 4, seq: int = 64, vocab: int = 512):
+    """``gpt_small`` without dropout: its attention runs the fused (flash) kernel on the CPU
+    too, so the plan may choose the math backend's backward instead (``attention_math``)."""
+    model = GPT(vocab=vocab, d=64, heads=4, layers=2, seq=seq, dropout=0.0)
+    tokens = torch.randint(0, vocab, (batch, seq))
+    return model, tokens

@@ -16,13 +16,18 @@ import torch.fx as fx
 import torch.utils._pytree as pytree
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
-from . import batch_norm_kernels, variant_ops
+from . import attention_ops, batch_norm_kernels, variant_ops
 from .capture import CapturedGraph
 from .ir import BUFFER, INPUT, PARAM, TANGENT
 
 log = logging.getLogger(__name__)
+aten = torch.ops.aten
 
 
 @dataclass(frozen=True)
@@ -45,7 +50,19 @@ def _is_variant_op(target: object) -> bool:
     """A function of ``profiler.variant_ops`` or ``profiler.batch_norm_kernels``: its aten
     calls are counted like any op's."""
     return getattr(target, "__module__", None) in (variant_ops.__name__,
-                                                   batch_norm_kernels.__name__)
+                                                   batch_norm_kernels.__name__,
+                                                   attention_ops.__name__)
+
+
+def _cpu_attention_flops(target: object, args: Sequence[Any]) -> int | None:
+    """FLOPs of the CPU flash attention forward and backward, which
+    ``torch.utils.flop_counter`` counts as zero: those of the CUDA kernels' formulas (the
+    backward recomputes the scores: five matmuls)."""
+    if target is aten._scaled_dot_product_flash_attention_for_cpu.default:
+        return sdpa_flop_count(*(a.shape for a in args[:3]))
+    if target is aten._scaled_dot_product_flash_attention_for_cpu_backward.default:
+        return sdpa_backward_flop_count(*(a.shape for a in args[:4]))
+    return None
 
 
 def count_flops(captured: CapturedGraph) -> list[int]:
@@ -62,6 +79,10 @@ def count_flops(captured: CapturedGraph) -> list[int]:
                 isinstance(n.target, torch._ops.OpOverload) or _is_variant_op(n.target)):
             continue
         args, kwargs = fx.node.map_arg((n.args, n.kwargs), lambda a: a.meta.get("val"))
+        attention = _cpu_attention_flops(n.target, args)
+        if attention is not None:
+            flops[r.index] = attention
+            continue
         counter = FlopCounterMode(display=False)
         try:
             with fake_mode, counter:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import operator
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -26,6 +27,7 @@ import torch
 import torch.fx as fx
 import torch.utils._pytree as pytree
 
+from . import attention_ops
 from . import variant_ops as ops
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Rewrite:
     pack: tuple[Callable[..., Any], tuple[Any, ...]] | None
     impl: tuple[Callable[..., Any], tuple[Any, ...]]
     workspace_bytes: int
+    pack_workspace_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,6 +185,57 @@ def _max_pool_compact(site: fx.Node, forward: set[fx.Node]) -> Rewrite | None:
                    workspace_bytes=8 * _numel(indices))
 
 
+# The fused attention backward ops: for each, the positions of its (grad_out, query, key,
+# value, out, logsumexp) arguments, of its dropout probability and causal flag, and of its
+# attention bias (None: the attn_mask keyword).
+_FUSED_ATTENTION = {
+    aten._scaled_dot_product_flash_attention_for_cpu_backward.default:
+        ((0, 1, 2, 3, 4, 5), 6, 7, None),
+    aten._scaled_dot_product_flash_attention_backward.default:
+        ((0, 1, 2, 3, 4, 5), 10, 11, None),
+    aten._scaled_dot_product_efficient_attention_backward.default:
+        ((0, 1, 2, 3, 5, 6), 9, 11, 4),
+}
+
+
+def _attention_math(site: fx.Node, forward: set[fx.Node]) -> Rewrite | None:
+    """The math backend's backward for a fused attention backward without dropout."""
+    (i_grad, i_q, i_k, i_v, _i_out, i_lse), i_drop, i_causal, i_bias = \
+        _FUSED_ATTENTION[site.target]
+    args = site.args
+    grad, q, k, v, lse = (args[i] for i in (i_grad, i_q, i_k, i_v, i_lse))
+    is_causal = args[i_causal] if len(args) > i_causal else site.kwargs.get("is_causal", False)
+    mask = args[i_bias] if i_bias is not None else site.kwargs.get("attn_mask")
+    if i_bias is not None and list(args[10])[3]:
+        return None  # the attention bias's gradient is asked for
+    if args[i_drop] != 0 or not all(isinstance(a, fx.Node) for a in (q, k, v, lse)):
+        return None
+    if not all(_base(a) in forward for a in (q, k, v, lse)):
+        return None
+    query, key, value = _val(q), _val(k), _val(v)
+    if query.dim() != 4 or key.shape[:-2] != query.shape[:-2] or \
+            value.shape[:-2] != query.shape[:-2] or not query.is_floating_point():
+        return None  # grouped-query attention or an unusual layout: the fused kernel only
+    scale = site.kwargs.get("scale")
+    scale = 1.0 / math.sqrt(query.size(-1)) if scale is None else scale  # None marks the pack
+    grads = site.meta["val"]
+    strides = tuple(tuple(g.stride()) for g in grads[:3])
+    probs_bytes = query.shape[:-1].numel() * key.size(-2) * query.element_size()
+    lse_val = _val(lse)
+    # The pack's temporaries: the causal mask (1 byte per query-key pair), and the
+    # log-sum-exp's masked copy and its -inf test.
+    pack_ws = query.size(-2) * key.size(-2) + lse_val.numel() * (lse_val.element_size() + 1)
+    if isinstance(mask, fx.Node) and _val(mask).dtype == torch.bool:
+        pack_ws += _numel(mask)
+    return Rewrite(pack=(attention_ops.attention_probabilities,
+                         (q, k, lse, bool(is_causal), mask, scale)),
+                   impl=(attention_ops.attention_backward_from_probabilities,
+                         (grad, None, q, k, v, scale, strides, len(grads))),
+                   # dP and dS at once, with the operands' and results' layout copies
+                   workspace_bytes=2 * probs_bytes + sum(_nbytes(a) for a in (q, k, v)),
+                   pack_workspace_bytes=pack_ws)
+
+
 RULES: list[VariantRule] = [
     VariantRule("relu_mask", aten.threshold_backward.default,
                 "a 1-bit mask of the ReLU output instead of the output", _relu_mask),
@@ -198,8 +252,12 @@ RULES: list[VariantRule] = [
     VariantRule("max_pool_compact", aten.max_pool2d_with_indices_backward.default,
                 "1-byte window offsets instead of the input and 8-byte indices",
                 _max_pool_compact),
+    *(VariantRule("attention_math", op,
+                  "the attention probabilities instead of the output and log-sum-exp (the "
+                  "math backend: one matmul moved from the backward to the forward)",
+                  _attention_math, exact=False) for op in _FUSED_ATTENTION),
 ]
-RULE_BY_NAME = {r.name: r for r in RULES}
+RULE_BY_NAME = {r.name: r for r in RULES}    # attention_math's rules agree
 
 
 def _fake_value(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
@@ -249,6 +307,8 @@ def insert_variants(gm: fx.GraphModule, forward: set[fx.Node],
             after = max((a for a in pack_args if isinstance(a, fx.Node)),
                         key=lambda a: _position(gm, a))
             pack = _insert(gm.graph, after, pack_fn, pack_args, (rule.name, "forward", site))
+            if rewrite.pack_workspace_bytes:
+                pack.meta["monet_workspace"] = rewrite.pack_workspace_bytes
             impl_args = tuple(pack if a is None else a for a in impl_args)
         impl = _insert(gm.graph, site, impl_fn, impl_args, (rule.name, "backward", site))
         impl.meta["monet_workspace"] = rewrite.workspace_bytes

@@ -24,6 +24,7 @@ MODELS = {
     "mobilenet_v2": ("torchvision:mobilenet_v2", {"batch": 16, "image_size": 96}),
     "vgg11": ("torchvision:vgg11", {"batch": 4, "image_size": 32}),
     "gpt": ("examples.gpt:gpt_small", {}),
+    "gpt_fused": ("examples.gpt:gpt_small_fused", {}),
 }
 
 

@@ -202,3 +202,41 @@ def test_writes_in_place_on_cuda():
         _assert_step_close(eager, planned)
     finally:
         torch.backends.cudnn.allow_tf32 = True  # torch's default
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_math_backward_on_cuda(dtype):
+    """The math backend's backward (``attention_math``) against the fused CUDA kernel eager
+    runs, on the backward node of a captured causal attention: within float rounding."""
+    from profiler.attention_ops import (
+        attention_backward_from_probabilities,
+        attention_probabilities,
+    )
+    from profiler.variants import _FUSED_ATTENTION
+    torch.manual_seed(0)
+    b, h, length, e = 2, 4, 128, 64
+    q, k, v = (torch.randn(b, length, h, e, device="cuda", dtype=dtype).transpose(1, 2)
+               for _ in range(3))
+    grad = torch.randn(b, h, length, e, device="cuda", dtype=dtype)
+    aten = torch.ops.aten
+    for op in (aten._scaled_dot_product_efficient_attention,
+               aten._scaled_dot_product_flash_attention):
+        if op is aten._scaled_dot_product_flash_attention and dtype == torch.float32:
+            continue  # flash runs half precision only
+        if op is aten._scaled_dot_product_efficient_attention:
+            out, lse, seed, offset = op(q, k, v, None, True, 0.0, True)
+            fused = aten._scaled_dot_product_efficient_attention_backward(
+                grad, q, k, v, None, out, lse, seed, offset, 0.0, [True] * 3 + [False], True)
+        else:
+            out, lse, cq, ck, mq, mk, seed, offset, _ = op(q, k, v, 0.0, True)
+            fused = aten._scaled_dot_product_flash_attention_backward(
+                grad, q, k, v, out, lse, cq, ck, mq, mk, 0.0, True, seed, offset)
+        assert getattr(aten, op._name.split("::")[1] + "_backward").default in _FUSED_ATTENTION
+        probs = attention_probabilities(q, k, lse, True, None, None)
+        got = attention_backward_from_probabilities(
+            grad, probs, q, k, v, e ** -0.5, tuple(g.stride() for g in fused[:3]), len(fused))
+        tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+        for g, f in zip(got, fused[:3]):
+            assert g.stride() == f.stride()
+            torch.testing.assert_close(g.float(), f.float(), rtol=tol, atol=tol)

@@ -175,3 +175,49 @@ def test_max_pool2d_window_too_large():
     indices = torch.zeros(1, 1, 1, 1, dtype=torch.int64)
     with pytest.raises(ValueError):
         vo.max_pool2d_compact_indices(indices, [17, 17], [17, 17], [], [0, 0], [1, 1])
+
+
+ATTENTION_SHAPES = [(2, 3, 7, 7, 5), (1, 2, 16, 9, 8), (2, 1, 5, 5, 4)]  # B, H, L, S, E
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES)
+@pytest.mark.parametrize("mask", [None, "causal", "hidden", "additive"])
+def test_attention_math_backward(dtype, shape, mask):
+    """The math backend's backward from rebuilt probabilities against the fused CPU kernel's
+    and float64 autograd: as close to float64 as the fused kernel is (within a few units of
+    float rounding), with the fused kernel's strides (queries laid out [B, L, H, E])."""
+    from profiler.attention_ops import (
+        attention_backward_from_probabilities,
+        attention_probabilities,
+    )
+    b, h, length, keys, e = shape
+    gen = _gen(1)
+    q, k, v = (torch.randn(b, n, h, e, dtype=dtype, generator=gen).transpose(1, 2)
+               for n in (length, keys, keys))
+    causal = mask == "causal"
+    attn_mask = None
+    if mask == "hidden":  # a boolean mask as SDPA passes it to the kernel: -inf where hidden
+        shown = torch.rand(length, keys, generator=gen) > 0.3
+        shown[:, 0] = True
+        attn_mask = torch.zeros(length, keys, dtype=dtype).masked_fill(~shown, -math.inf)
+    elif mask == "additive":
+        attn_mask = torch.randn(b, 1, length, keys, dtype=dtype, generator=gen)
+    out, lse = aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal,
+                                                               attn_mask=attn_mask)
+    grad = torch.randn(out.shape, dtype=dtype, generator=gen)
+    fused = aten._scaled_dot_product_flash_attention_for_cpu_backward(
+        grad, q, k, v, out, lse, 0.0, causal, attn_mask=attn_mask)
+    probs = attention_probabilities(q, k, lse, causal, attn_mask, None)
+    got = attention_backward_from_probabilities(grad, probs, q, k, v, 1 / math.sqrt(e),
+                                                tuple(g.stride() for g in fused), 3)
+    exact = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = torch.autograd.grad(torch.nn.functional.scaled_dot_product_attention(
+        *exact, attn_mask=None if attn_mask is None else attn_mask.double(),
+        is_causal=causal), exact, grad.double())
+    eps = torch.finfo(dtype).eps
+    for g, f, r in zip(got, fused, ref):
+        assert g.stride() == f.stride() and g.dtype == dtype
+        scale = r.abs().max().item()
+        assert (g.double() - r).abs().max() <= max(4 * (f.double() - r).abs().max(),
+                                                   64 * eps * scale)
