@@ -34,7 +34,7 @@ def one_line_error(r):
 
 def test_solve_and_inspect(profile_path, tmp_path):
     plan = tmp_path / "plan.json"
-    r = monet("solve", str(profile_path), "--budget", "0.75", "--time-limit", "10", "-o", str(plan))
+    r = monet("solve", str(profile_path), "--budget", "0.75", "--time-limit", "5", "-o", str(plan))
     assert r.returncode == 0, r.stderr
     assert "predicted peak" in r.stdout
     r = monet("inspect", str(plan))
@@ -72,7 +72,7 @@ def test_bad_budget_string(profile_path, tmp_path):
 def test_infeasible_budget_names_smallest_and_writes_nothing(profile_path, tmp_path):
     plan = tmp_path / "plan.json"
     line = one_line_error(monet("solve", str(profile_path), "--budget", "0.05",
-                                "--time-limit", "10", "-o", str(plan)))
+                                "--time-limit", "5", "-o", str(plan)))
     assert "infeasible" in line and "smallest feasible budget is" in line
     assert not plan.exists() and list(tmp_path.iterdir()) == []
 

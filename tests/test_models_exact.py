@@ -17,7 +17,7 @@ from planner import InfeasibleBudgetError, smallest_feasible_budget, solve
 from planner.backends import SolveOptions
 from runtime import load_plan
 
-OPTIONS = SolveOptions(time_limit_s=8)
+OPTIONS = SolveOptions(time_limit_s=5)
 REACHES_0_6 = {"resnet18": True, "mobilenet_v2": True, "vgg11": False, "gpt": True}
 
 

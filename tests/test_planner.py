@@ -65,7 +65,7 @@ def test_infeasible_budget_names_a_feasible_one(gpt_case):
 
 def test_cbc_backend_gives_a_correct_plan(gpt_case):
     plan = solve(gpt_case.profile, 0.7, backend="cbc",
-                 options=SolveOptions(time_limit_s=10, variants="exact"))
+                 options=SolveOptions(time_limit_s=5, variants="exact"))
     assert plan.solver.name == "cbc"
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     model = load_plan(copy.deepcopy(gpt_case.model), plan)

@@ -121,7 +121,7 @@ def test_gpt2_style_mlp_in_a_recomputing_plan():
     x = torch.randn(128, 32)
     profile = profile_model(model, (x,), estimate=True)
     assert sum(n.target == FUSED for n in profile.nodes) == 4
-    plan = solve(profile, 0.85, options=SolveOptions(time_limit_s=10))
+    plan = solve(profile, 0.85, options=SolveOptions(time_limit_s=6))
     recomputed = {profile.nodes[o].target for r in plan.recompute for o in r}
     assert FUSED in recomputed
     planned = load_plan(copy.deepcopy(model), plan)

@@ -16,7 +16,7 @@ def gpt_plan(tmp_path_factory):
     case = model_case("gpt")
     path = tmp_path_factory.mktemp("plans") / "plan.json"
     # Exact variants only (dropout keeps a bit mask): several steps stay bit-identical.
-    solve(case.profile, 0.7, options=SolveOptions(time_limit_s=10, variants="exact")
+    solve(case.profile, 0.7, options=SolveOptions(time_limit_s=5, variants="exact")
           ).save(str(path))
     return path
 

@@ -12,12 +12,13 @@ from conftest import assert_same_step, model_case, plan_is_exact, train_step
 from planner import solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
-from planner.heuristic import structural_candidates
+from planner.heuristic import checkpoint_decisions, structural_candidates
 from planner.lns import improve_by_windows
 from planner.progress import relative_gap
 from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import planner_graph
+from planner.time_search import faster_within
 from profiler.config import ConfigError, ModelConfig
 from runtime import load_plan
 
@@ -27,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_cpsat_backend_gives_a_correct_plan(gpt_case, caplog):
     with caplog.at_level(logging.INFO, logger="planner.progress"):
         plan = solve(gpt_case.profile, 0.7, backend="cpsat",
-                     options=SolveOptions(time_limit_s=8))
+                     options=SolveOptions(time_limit_s=5))
     assert plan.solver.name == "cpsat"
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     assert plan.solver_peak_bytes == plan.predicted_peak_bytes
@@ -62,6 +63,24 @@ def test_windows_never_make_a_plan_worse():
     # The variables' bounds are restored.
     assert all(v.lowBound in (0, None) and v.upBound in (1, None)
                for v in milp.problem.variables())
+
+
+@pytest.mark.parametrize("name", ["gpt", "resnet18"])
+def test_time_search_makes_a_fitting_plan_faster(name):
+    """From the plan that recomputes every op, the time-directed search reaches a faster
+    plan that still fits, and its simulation is the plan's own."""
+    profile = model_case(name).profile
+    graph = planner_graph(profile)
+    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    start = checkpoint_decisions(graph, set())
+    first = simulate(profile, build_schedule(graph, start))
+    budget = (first.peak_bytes + peak) // 2
+    decisions, result = faster_within(profile, graph, start, budget, time_limit_s=5)
+    assert result.peak_bytes <= budget and result.time_s < first.time_s
+    again = simulate(profile, build_schedule(graph, decisions))
+    assert (again.peak_bytes, again.time_s) == (result.peak_bytes, result.time_s)
+    # A budget below the start's own peak: nothing to search from.
+    assert faster_within(profile, graph, start, first.peak_bytes - 1, time_limit_s=5) is None
 
 
 def test_every_solve_reports_a_bound_and_gap(gpt_case):
@@ -110,7 +129,7 @@ def test_measured_workspaces_are_in_the_solver_rows(fraction):
     computed = [n for n in profile.nodes if n.role in ("forward", "backward") and not n.is_alias]
     for i, n in enumerate(computed):
         n.workspace_bytes = (big if i % 7 == 0 else big // 9 if i % 3 == 0 else 0)
-    plan = solve(profile, fraction, options=SolveOptions(time_limit_s=10))
+    plan = solve(profile, fraction, options=SolveOptions(time_limit_s=6))
     assert any(plan.recompute)
     assert plan.solver_peak_bytes == plan.predicted_peak_bytes
     assert plan.predicted_peak_bytes <= plan.budget_bytes
