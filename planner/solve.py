@@ -8,7 +8,7 @@ from typing import Sequence
 
 from profiler.ir import Profile
 
-from .backends import SolveOptions, SolveOutcome, solve_problem
+from .backends import SolveOptions
 from .budget import format_bytes, parse_budget
 from .candidates import (
     Evaluation,
@@ -23,17 +23,12 @@ from .candidates import (
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .graph import PlannerGraph
 from .in_place import allowed_writes, in_place_summary
-from .lns import improve_by_windows
+from .milp_search import milp_search
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
 from .time_search import faster_within
 
 log = logging.getLogger(__name__)
-# Share of the time left after the heuristics that the full MILP gets; window-by-window
-# improvement (planner.lns) gets the rest when the full solve does not prove optimality.
-# Without a warm start (no heuristic plan fits) the full MILP must first find a plan, and
-# gets the larger share.
-LNS_SHARE = 0.1
 # The most of the time limit the near-miss repair may take; it stops at the first plan that
 # fits. The GPT with its loss at 1/3 of its peak needs about 25 moves (8 s) from the
 # per-block plans; with a tenth of 60 s it stopped at 5.80 GiB for a 5.57 GiB budget.
@@ -44,20 +39,18 @@ REPAIR_SHARE = 1 / 3
 # the GPT with its loss at 1/2 +7.48 % with 0.15 and +7.28 % with 0.3 (+19.25 % before), at
 # 1/3 +14.6 % with either (it stops when no single op more fits).
 TIME_SEARCH_SHARE = 0.25
-# The MILP's least share of the time limit when the heuristics took the rest (then the
-# solve overruns its limit by up to this share: 1.25x on the GPT with its loss at 1/3 when
-# the MILP had at least half the limit whatever the heuristics had used). Otherwise the
-# MILP and window improvement get what the heuristics left, less FINISH_SIMULATIONS times
-# the time one simulation of the unoptimised plan took, kept for making the plan: the GPT
-# with its loss at 1/2 took 65 s for a 60 s limit when neither its MILP's build (3 s) nor
-# that was accounted.
-MILP_MIN_SHARE = 0.1
+# The MILP and window improvement (planner.milp_search) get what the heuristics left, less
+# FINISH_SIMULATIONS times the time one simulation of the unoptimised plan took, kept for
+# making the plan: the GPT with its loss at 1/2 took 65 s for a 60 s limit when neither its
+# MILP's build (3 s) nor that was accounted.
 FINISH_SIMULATIONS = 3
 # And this share of the limit on top: with the simulations alone, 9 of solve_bench's 15
 # feasible solves ended 0.1-1.0 s past their 60 s (the search's last evaluations, a plan's
 # own memory-claim MILP, reading the solver's solution back).
 FINISH_MARGIN_SHARE = 0.02
-COLD_SHARE = 0.5
+# The least share of the time limit the lowest-peak search of an infeasible budget gets
+# when the budgeted search took the rest.
+LOW_MIN_SHARE = 0.1
 BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
 # PuLP builds about 7,000 binaries a second on this project's 2-core machine (DenseNet-201's
 # 880K-binary problem took two minutes). Above this many (stages x forward ops, an upper
@@ -205,15 +198,18 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
             fitting.append(start)
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only:
-        milp, outcome, from_milp, objective_of_milp = _milp_search(
+        milp, outcome, from_milp, objective_of_milp = milp_search(
             profile, graph, budget_bytes, backend, options, start, fitting,
             t0 + options.time_limit_s - reserve)
     if not fitting and not _fallback:
         raise InfeasibleBudgetError(budget_bytes, None, "no plan found", proven=False)
     if not fitting:
         # No plan found: the lowest-memory search names the smallest feasible budget (or,
-        # if the solver merely ran out of time, may still find a plan that fits).
-        low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
+        # if the solver merely ran out of time, may still find a plan that fits), in the
+        # time left (half the limit made the GPT's infeasible budgets take 75 s of 60).
+        left = t0 + options.time_limit_s - reserve - time.perf_counter()
+        low_options = replace(options, time_limit_s=max(left, LOW_MIN_SHARE *
+                                                        options.time_limit_s))
         if heuristic_only:
             lowest = peak_search_from(profile, graph, low_options, candidates)
             proven = False
@@ -250,84 +246,6 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                       variables=len(milp.problem.variables()) if milp else 0,
                       constraints=len(milp.problem.constraints) if milp else 0)
     return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
-
-
-def _milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
-                 options: SolveOptions, start: Evaluation | None, fitting: list[Evaluation],
-                 deadline: float
-                 ) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
-    """The full MILP warm-started from ``start``, then window-by-window improvement, until
-    ``deadline`` (``time.perf_counter()``); plans that fit are appended to ``fitting``.
-    Returns the MILP, the full solve's outcome, the MILP's last plan and its objective."""
-    times = [n.time_s for n in profile.nodes]
-    if start is not None and allowed_writes(graph, options.variants):
-        better = _start_without_writes(profile, graph, times, budget_bytes, backend, options,
-                                       start, deadline)
-        if better is not None:
-            fitting.append(better)
-            start = better
-    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
-                            include=start.decisions if start is not None else None)
-    remaining = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
-    log.info("MILP built; %.1f s left for it", remaining)
-    warm = start is not None and milp.represents(start.decisions)
-    if warm:
-        milp.set_start(start.decisions)
-    t_full = time.perf_counter()
-    share = LNS_SHARE if warm else COLD_SHARE
-    outcome = solve_problem(milp.problem, backend,
-                            replace(options, time_limit_s=share * remaining, warm_start=warm))
-    from_milp = None
-    objective_of_milp = outcome.objective
-    if outcome.has_solution:
-        from_milp = evaluate(profile, graph, milp.decisions(len(graph.stages)))
-        if from_milp.result.peak_bytes <= budget_bytes:
-            fitting.append(from_milp)
-    left = remaining - (time.perf_counter() - t_full)
-    incumbent = from_milp if from_milp is not None and from_milp in fitting else \
-        (start if warm else None)
-    if outcome.status != "optimal" and incumbent is not None and left > 2.0:
-        # The full solve stopped at its limit: improve its plan window by window.
-        decisions, steps = improve_by_windows(milp, graph, incumbent.decisions, backend,
-                                              options, left)
-        if steps:
-            improved = evaluate(profile, graph, decisions)
-            if improved.result.peak_bytes <= budget_bytes:  # the simulator has the last word
-                from_milp = improved
-                objective_of_milp = milp.objective_of(decisions)
-                fitting.append(from_milp)
-            else:
-                log.warning("window search plan peaks at %s over the budget %s: dropped",
-                            format_bytes(improved.result.peak_bytes),
-                            format_bytes(budget_bytes))
-    return milp, outcome, from_milp, objective_of_milp
-
-
-def _start_without_writes(profile: Profile, graph: PlannerGraph, times: list[float],
-                          budget_bytes: int, backend: str, options: SolveOptions,
-                          start: Evaluation, deadline: float) -> Evaluation | None:
-    """A faster start for the MILP with writes in place: the MILP without them, solved from
-    ``start`` for LNS_SHARE of the time left. Its plans stay valid with the writes (they only
-    lower peaks). HiGHS's heuristics find far better plans on those rows: ResNet-50 at 1/2
-    reached 9.6 s of extra time in 5 s, and 29.7 s from the same start with the writes in
-    place (still 29.7 after 15 s)."""
-    plain = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
-                             include=start.decisions, in_place="none")
-    decisions = replace(start.decisions, in_place="none")
-    if not plain.represents(decisions):
-        return None
-    plain.set_start(decisions)
-    left = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
-    outcome = solve_problem(plain.problem, backend, replace(
-        options, time_limit_s=LNS_SHARE * left, warm_start=True))
-    if not outcome.has_solution:
-        return None
-    found = evaluate(profile, graph, replace(plain.decisions(len(graph.stages)),
-                                             in_place=options.variants))
-    if found.result.peak_bytes > budget_bytes or found.result.time_s >= start.result.time_s:
-        return None
-    log.info("start without writes in place: %+.4g s", found.result.time_s - start.result.time_s)
-    return found
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None
