@@ -168,16 +168,19 @@ def capture(model: torch.nn.Module, example_inputs: Sequence[torch.Tensor],
         raise capture_error(model, tracker, e) from e
     gm = joint.graph_module
     forward = _forward_fx_nodes(gm)
-    _drop_backward_clones(gm, forward)
-    if rewrite_backward:
-        split_convolution_backward(gm, forward)
-        fuse_pointwise_chains(gm, forward)
-    insert_variants(gm, forward)
-    if rewrite_backward:
-        add_backward_in_place(gm, forward)
-        cross_entropy_backward_in_place(gm, forward)
-        softmax_backward_in_place(gm, forward)
-    route_batch_norm_to_cudnn(gm)
+    # The rewrites trace their new nodes on fake tensors: not under the caller's autocast
+    # (the graph holds autocast's casts already; an attention pack's matmul would be cast).
+    with torch.autocast(device_type, enabled=False):
+        _drop_backward_clones(gm, forward)
+        if rewrite_backward:
+            split_convolution_backward(gm, forward)
+            fuse_pointwise_chains(gm, forward)
+        insert_variants(gm, forward)
+        if rewrite_backward:
+            add_backward_in_place(gm, forward)
+            cross_entropy_backward_in_place(gm, forward)
+            softmax_backward_in_place(gm, forward)
+        route_batch_norm_to_cudnn(gm)
     return _label(gm, model, example_inputs, joint.out_spec, amp)
 
 
