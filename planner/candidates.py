@@ -124,7 +124,7 @@ def lowest_peak_search(profile: Profile, graph: PlannerGraph, backend: str, opti
         found.append(peak_search_from(profile, graph, replace(
             options, time_limit_s=min(0.4 * limit, limit - (time.perf_counter() - t0))),
             found))
-    left = options.time_limit_s - (time.perf_counter() - t0)
+    left = limit - (time.perf_counter() - t0)
     if outcome.status != "optimal" and left > 2.0:
         # Improve the lowest-peak point of the problem window by window.
         start = min((e for e in found if milp.represents(e.decisions)),

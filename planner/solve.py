@@ -193,8 +193,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     if start is not None:
         found = faster_within(profile, graph, start.decisions, budget_bytes,
                               TIME_SEARCH_SHARE * options.time_limit_s)
-        if found is not None and found[1].time_s < start.result.time_s:
-            start = Evaluation(*found)
+        if found is not None and found.result.time_s < start.result.time_s:
+            start = found
             fitting.append(start)
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only:

@@ -21,11 +21,11 @@ import time
 
 from profiler.ir import Profile
 
+from .candidates import Evaluation, evaluate
 from .graph import PlannerGraph
 from .heuristic import checkpoint_decisions
 from .peak_search import checkpoints_of
-from .schedule import Decisions, build_schedule
-from .simulator import SimulationResult, simulate
+from .schedule import Decisions
 
 log = logging.getLogger(__name__)
 
@@ -42,35 +42,37 @@ def _order(graph: PlannerGraph, times: list[float], decisions: Decisions,
 
 
 def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budget: int,
-                  time_limit_s: float) -> tuple[Decisions, SimulationResult] | None:
+                  time_limit_s: float) -> Evaluation | None:
     """The fastest checkpoint plan the search reaches from ``start`` (any plan: its
     checkpoints are the outputs it holds after the forward pass) within ``budget`` and
-    ``time_limit_s``, with its simulation; None if ``start``'s checkpoints do not fit."""
+    ``time_limit_s``, simulated; None if ``start``'s checkpoints do not fit."""
     t0 = time.perf_counter()
     times = [n.time_s for n in profile.nodes]
     checkpoints = checkpoints_of(graph, start)
     variants, in_place = dict(start.variants), start.in_place
 
-    def plan(points: set[int], hold: bool) -> tuple[Decisions, SimulationResult]:
-        d = checkpoint_decisions(graph, points, variants, hold_recomputed=hold,
-                                 in_place=in_place)
-        return d, simulate(profile, build_schedule(graph, d))
+    def plan(points: set[int], hold: bool) -> Evaluation:
+        return evaluate(profile, graph, checkpoint_decisions(
+            graph, points, variants, hold_recomputed=hold, in_place=in_place))
+
+    def better(trial: Evaluation) -> bool:
+        return trial.result.peak_bytes <= budget and trial.result.time_s < best.result.time_s
 
     # Recomputed values held to their last use (torch.utils.checkpoint's way, the per-block
     # plans') or recomputed in every stage that needs them: whichever fits and is faster.
-    starts = [(hold, *plan(checkpoints, hold)) for hold in (True, False)]
-    starts = [s for s in starts if s[2].peak_bytes <= budget]
+    starts = [(hold, plan(checkpoints, hold)) for hold in (True, False)]
+    starts = [s for s in starts if s[1].result.peak_bytes <= budget]
     if not starts:
         return None
-    hold, best, result = min(starts, key=lambda s: s[2].time_s)
-    first_time = result.time_s
-    order = _order(graph, times, best, checkpoints)
+    hold, best = min(starts, key=lambda s: s[1].result.time_s)
+    first_time = best.result.time_s
+    order = _order(graph, times, best.decisions, checkpoints)
     lo, hi = 0, len(order)  # the longest fitting prefix, by bisection
     while lo < hi and time.perf_counter() - t0 < time_limit_s:
         mid = (lo + hi + 1) // 2
-        d, trial = plan(checkpoints | set(order[:mid]), hold)
-        if trial.peak_bytes <= budget and trial.time_s < result.time_s:
-            lo, best, result = mid, d, trial
+        trial = plan(checkpoints | set(order[:mid]), hold)
+        if better(trial):
+            lo, best = mid, trial
         else:
             hi = mid - 1
     checkpoints |= set(order[:lo])
@@ -79,11 +81,11 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
         if time.perf_counter() - t0 >= time_limit_s:
             break
         tried += 1
-        d, trial = plan(checkpoints | {op}, hold)
-        if trial.peak_bytes <= budget and trial.time_s < result.time_s:
+        trial = plan(checkpoints | {op}, hold)
+        if better(trial):
             checkpoints.add(op)
-            best, result = d, trial
+            best = trial
     log.info("time search: %+.4g s (prefix of %d ops, %d more tried), peak %.3f GiB, %.1f s",
-             result.time_s - first_time, lo, tried, result.peak_bytes / 2**30,
+             best.result.time_s - first_time, lo, tried, best.result.peak_bytes / 2**30,
              time.perf_counter() - t0)
-    return best, result
+    return best

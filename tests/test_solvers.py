@@ -75,7 +75,8 @@ def test_time_search_makes_a_fitting_plan_faster(name):
     start = checkpoint_decisions(graph, set())
     first = simulate(profile, build_schedule(graph, start))
     budget = (first.peak_bytes + peak) // 2
-    decisions, result = faster_within(profile, graph, start, budget, time_limit_s=5)
+    found = faster_within(profile, graph, start, budget, time_limit_s=5)
+    decisions, result = found.decisions, found.result
     assert result.peak_bytes <= budget and result.time_s < first.time_s
     again = simulate(profile, build_schedule(graph, decisions))
     assert (again.peak_bytes, again.time_s) == (result.peak_bytes, result.time_s)
