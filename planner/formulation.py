@@ -29,6 +29,7 @@ import pulp
 from .graph import PlannerGraph
 from .in_place import allowed_writes
 from .memory_rows import MIB_SCALE, AuxVariable, forward_memory_rows, stage_memory_rows
+from .milp_vectors import MilpVectors
 from .schedule import Decisions
 
 
@@ -45,6 +46,7 @@ class StageMILP:
     aux: list[AuxVariable] = field(default_factory=list)
     budget: int | None = None  # bytes; None for the lowest-peak problem
     in_place: str = "none"  # the writes in place its memory rows count (planner.in_place)
+    _vectors: MilpVectors | None = field(default=None, repr=False)
 
     def decisions(self, stages: int) -> Decisions:
         keep = [set() for _ in range(stages)]
@@ -59,26 +61,17 @@ class StageMILP:
         return Decisions(keep=keep, recompute=recompute, variants=variants,
                          in_place=self.in_place)
 
-    def values(self, decisions: Decisions) -> dict[str, int]:
-        value = {}
-        for (k, s), v in self.keep.items():
-            value[v.name] = 1 if s in decisions.keep[k] else 0
-        for (k, o), v in self.recompute.items():
-            value[v.name] = 1 if o in decisions.recompute[k] else 0
-        for (e, name), v in self.variant.items():
-            value[v.name] = 1 if decisions.variants.get(e) == name else 0
-        for a in self.aux:  # in order: an auxiliary may depend on earlier ones
-            value[a.var.name] = max([0.0] + [_evaluate(expr, value) for expr in a.lower])
-        if self.peak is not None:
-            value[self.peak.name] = self._largest_row(value) * MIB_SCALE
-        return value
+    @property
+    def vectors(self) -> MilpVectors:
+        """The problem's variables as one vector, with compiled objective and rows (built on
+        first use; the problem's structure does not change after the build)."""
+        if self._vectors is None:
+            self._vectors = MilpVectors(self)
+        return self._vectors
 
-    def _largest_row(self, value: dict[str, float]) -> int:
-        best = 0
-        for row in self.memory_rows:
-            total = _evaluate(row, value)
-            best = max(best, int(round(total)))
-        return best
+    def values(self, decisions: Decisions) -> dict[str, float]:
+        """Every variable's value at ``decisions``, by name (auxiliaries at their least)."""
+        return dict(zip(self.vectors.names, self.vectors.values(decisions).tolist()))
 
     def represents(self, decisions: Decisions) -> bool:
         """Whether ``decisions`` is a point of this problem (recomputes within the window,
@@ -98,29 +91,19 @@ class StageMILP:
 
     def set_start(self, decisions: Decisions) -> None:
         """Give every variable the value it has in ``decisions`` (a solver warm start)."""
-        value = self.values(decisions)
-        for v in (*self.keep.values(), *self.recompute.values(), *self.variant.values(),
-                  *(a.var for a in self.aux)):
-            v.varValue = value[v.name]
-        if self.peak is not None:
-            self.peak.varValue = value[self.peak.name]
+        for v, x in zip(self.vectors.variables, self.vectors.values(decisions).tolist()):
+            v.varValue = x
 
     def objective_of(self, decisions: Decisions) -> float:
         """The objective's value at ``decisions``."""
-        value = self.values(decisions)
-        obj = self.problem.objective
-        return obj.constant + sum(c * value[v.name] for v, c in obj.items() if v.name in value)
+        return self.vectors.objective_of(self.vectors.values(decisions))
 
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""
         if decisions.in_place != self.in_place:
             raise ValueError(f"a plan writing in place under {decisions.in_place!r} cannot be "
                              f"measured by rows that count {self.in_place!r}")
-        return self._largest_row(self.values(decisions))
-
-
-def _evaluate(expr: pulp.LpAffineExpression, value: dict[str, float]) -> float:
-    return expr.constant + sum(c * value[v.name] for v, c in expr.items())
+        return self.vectors.largest_row(self.vectors.values(decisions))
 
 
 def recompute_candidates(graph: PlannerGraph, dag: nx.DiGraph, needs: set[int], ops: set[int],

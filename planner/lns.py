@@ -13,6 +13,8 @@ import logging
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from .backends import SolveOptions, solve_problem
 from .formulation import StageMILP
 from .graph import PlannerGraph
@@ -22,15 +24,21 @@ from .window_highs import PersistentHiGHS
 log = logging.getLogger(__name__)
 
 
-def _stages_of_variables(milp: StageMILP, graph: PlannerGraph) -> dict[str, set[int]]:
-    stages: dict[str, set[int]] = {}
-    for (k, _s), v in milp.keep.items():
-        stages.setdefault(v.name, set()).add(k)
-    for (k, _o), v in milp.recompute.items():
-        stages.setdefault(v.name, set()).add(k)
-    for (e, _name), v in milp.variant.items():
-        stages.setdefault(v.name, set()).add(graph.site_stage[e])
-    return stages
+def _stage_spans(milp: StageMILP, graph: PlannerGraph) -> tuple[np.ndarray, np.ndarray]:
+    """Per variable of ``milp.vectors``, the first and last stage it belongs to (a keep
+    variable covers the stages since its storage's last event; an auxiliary none: -1 as
+    its last)."""
+    n = len(milp.vectors.variables)
+    first, last = np.full(n, np.iinfo(np.int64).max), np.full(n, -1)
+    index = milp.vectors.index
+    stages = [(k, v) for (k, _s), v in milp.keep.items()] + \
+        [(k, v) for (k, _o), v in milp.recompute.items()] + \
+        [(graph.site_stage[e], v) for (e, _name), v in milp.variant.items()]
+    for k, v in stages:
+        i = index[v.name]
+        first[i] = min(first[i], k)
+        last[i] = max(last[i], k)
+    return first, last
 
 
 def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, backend: str,
@@ -42,18 +50,20 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     ends when a window spanning every stage finds nothing. Returns the best decisions and
     the number of improving windows."""
     K = len(graph.stages)
-    stages_of = _stages_of_variables(milp, graph)
-    variables = milp.problem.variables()
+    vectors = milp.vectors
+    first, last = _stage_spans(milp, graph)
+    staged = last >= 0  # the others (auxiliaries, the peak) are never fixed
+    variables = vectors.variables[:vectors.columns]
     bounds = {v.name: (v.lowBound, v.upBound) for v in variables}
     best = start
-    best_obj = milp.objective_of(start)
+    best_x = vectors.values(start)
+    best_obj = vectors.objective_of(best_x)
     deadline = time.perf_counter() + time_budget_s
     improved = 0
     persistent = None
     if backend == "highs":  # one model, re-solved with changed bounds
         persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
                                      options.verbose)
-    index = {v.name: i for i, v in enumerate(variables)}
     first_window = window  # a larger window gets proportionally more time per step
     try:
         while True:
@@ -63,18 +73,19 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 left = deadline - time.perf_counter()
                 if left < 1.0:
                     return best, improved
-                free = set(range(max(lo, 0), min(lo + window, K)))
-                value = milp.values(best)
-                fixed = {v.name for v in variables
-                         if v.name in stages_of and not (stages_of[v.name] & free)}
+                # Fixed: the variables of stages outside [lo, lo + window) only.
+                fixed = np.flatnonzero((staged & ((last < lo) | (first >= lo + window)))
+                                       [:vectors.columns]).tolist()
                 limit = min(step_limit_s * window / first_window, left)
+                start_values = best_x[:vectors.columns].tolist()
                 if persistent is not None:
-                    found = persistent.solve({index[n]: value[n] for n in fixed},
-                                             [value[v.name] for v in variables], limit)
+                    found = persistent.solve({i: start_values[i] for i in fixed},
+                                             start_values, limit)
                 else:
-                    for v in variables:
-                        if v.name in fixed:
-                            v.lowBound = v.upBound = value[v.name]
+                    fixed_set = set(fixed)
+                    for i, v in enumerate(variables):
+                        if i in fixed_set:
+                            v.lowBound = v.upBound = start_values[i]
                         else:
                             v.lowBound, v.upBound = bounds[v.name]
                     milp.set_start(best)
@@ -83,11 +94,12 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 if not found:
                     continue
                 candidate = milp.decisions(K)
-                objective = milp.objective_of(candidate)
+                x = vectors.values(candidate)
+                objective = vectors.objective_of(x)
                 # Re-checked in bytes: the solver's rows are in MiB, within its tolerances.
                 if objective < best_obj - 1e-9 * max(1.0, abs(best_obj)) and (
-                        milp.budget is None or milp.evaluate_peak(candidate) <= milp.budget):
-                    best = candidate
+                        milp.budget is None or vectors.largest_row(x) <= milp.budget):
+                    best, best_x = candidate, x
                     best_obj = objective
                     improved += 1
                     improved_this_sweep = True

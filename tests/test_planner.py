@@ -34,6 +34,31 @@ def test_formulation_memory_equals_simulator(name):
                 simulate(case.profile, build_schedule(graph, d)).peak_bytes
 
 
+def test_compiled_values_agree_with_pulp(gpt_case):
+    """The numpy view of the MILP (planner.milp_vectors) against PuLP's own evaluation: at a
+    plan's values every constraint holds, each auxiliary is the largest of its lower
+    expressions (and 0), and the objective is PuLP's."""
+    graph = planner_graph(gpt_case.profile)
+    times = [n.time_s for n in gpt_case.profile.nodes]
+    plans = [baseline_decisions(graph), *structural_candidates(graph, times)]
+    milp = build_stage_milp(graph, times, budget=10**15, in_place="all")
+    checked = 0
+    for d in plans:
+        d.in_place = "all"
+        if not milp.represents(d):
+            continue
+        milp.set_start(d)
+        for name, constraint in milp.problem.constraints.items():
+            assert constraint.valid(1e-6), name
+        for a in milp.aux:
+            assert a.var.varValue == pytest.approx(
+                max([0.0] + [e.value() for e in a.lower]), abs=1e-9)
+        assert milp.objective_of(d) == pytest.approx(milp.problem.objective.value(), rel=1e-12)
+        assert milp.evaluate_peak(d) == max(round(row.value()) for row in milp.memory_rows)
+        checked += 1
+    assert checked >= 2
+
+
 def test_schedule_refuses_missing_tensors(gpt_case):
     graph = planner_graph(gpt_case.profile)
     d = baseline_decisions(graph)
