@@ -1,5 +1,13 @@
 """The MILP stage of a budgeted solve: the full stage MILP warm-started from the best plan
-found so far, then window-by-window improvement (``planner.lns``) until the deadline."""
+found so far, then window-by-window improvement (``planner.lns``) until the deadline.
+
+A first solve of the MILP without writes in place (a better start, when HiGHS's heuristics
+stalled on the rows with them) was dropped on 2026-12-02: with the time-directed search
+before it and faster windows after it, its 6 s (a second 25K-binary build and solve) were
+worth more to the windows. Eight 60 s solves with and without it: ResNet-50 +8.54/+12.12/
++19.04 % against +7.37/+11.56/+18.34 % at 1/2, 1/3, 1/4; GoogLeNet +12.23/+18.16 % against
++8.60/+17.77 % at 1/3, 1/4; MobileNet-V2 at 1/4 +4.53 against +4.29 %; U-Net +1.53 % both at
+1/2, and at 1/3 +17.29 against +19.42 % (the one loss)."""
 from __future__ import annotations
 
 import logging
@@ -13,7 +21,6 @@ from .budget import format_bytes
 from .candidates import Evaluation, evaluate
 from .formulation import StageMILP, build_stage_milp
 from .graph import PlannerGraph
-from .in_place import allowed_writes
 from .lns import improve_by_windows
 
 log = logging.getLogger(__name__)
@@ -37,12 +44,6 @@ def milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backen
     ``deadline`` (``time.perf_counter()``); plans that fit are appended to ``fitting``.
     Returns the MILP, the full solve's outcome, the MILP's last plan and its objective."""
     times = [n.time_s for n in profile.nodes]
-    if start is not None and allowed_writes(graph, options.variants):
-        better = _start_without_writes(profile, graph, times, budget_bytes, backend, options,
-                                       start, deadline)
-        if better is not None:
-            fitting.append(better)
-            start = better
     milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
                             include=start.decisions if start is not None else None)
     remaining = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
@@ -78,30 +79,3 @@ def milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backen
                             format_bytes(improved.result.peak_bytes),
                             format_bytes(budget_bytes))
     return milp, outcome, from_milp, objective_of_milp
-
-
-def _start_without_writes(profile: Profile, graph: PlannerGraph, times: list[float],
-                          budget_bytes: int, backend: str, options: SolveOptions,
-                          start: Evaluation, deadline: float) -> Evaluation | None:
-    """A faster start for the MILP with writes in place: the MILP without them, solved from
-    ``start`` for LNS_SHARE of the time left. Its plans stay valid with the writes (they only
-    lower peaks). HiGHS's heuristics find far better plans on those rows: ResNet-50 at 1/2
-    reached 9.6 s of extra time in 5 s, and 29.7 s from the same start with the writes in
-    place (still 29.7 after 15 s)."""
-    plain = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
-                             include=start.decisions, in_place="none")
-    decisions = replace(start.decisions, in_place="none")
-    if not plain.represents(decisions):
-        return None
-    plain.set_start(decisions)
-    left = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
-    outcome = solve_problem(plain.problem, backend, replace(
-        options, time_limit_s=LNS_SHARE * left, warm_start=True))
-    if not outcome.has_solution:
-        return None
-    found = evaluate(profile, graph, replace(plain.decisions(len(graph.stages)),
-                                             in_place=options.variants))
-    if found.result.peak_bytes > budget_bytes or found.result.time_s >= start.result.time_s:
-        return None
-    log.info("start without writes in place: %+.4g s", found.result.time_s - start.result.time_s)
-    return found
