@@ -12,22 +12,30 @@ those that save the most recompute time per byte first:
   dozen simulations for a thousand ops), then
 * the rest one at a time, each kept if the plan still fits and is faster,
 
-until nothing more fits or the time is up. Every plan it returns was simulated and fits.
+until nothing more fits. Then, stuck at the budget, it *kicks*: one move of the peak search
+(``planner.peak_search.lower_peak``: a checkpoint held at the peak recomputed instead, or a
+variant switched) lowers the peak, and the two steps above grow the plan again from there;
+the result is kept if it is faster, and the kicks go on while they pay or until the time is
+up. Every plan it returns was simulated and fits.
 """
 from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 from profiler.ir import Profile
 
 from .candidates import Evaluation, evaluate
 from .graph import PlannerGraph
 from .heuristic import checkpoint_decisions
-from .peak_search import checkpoints_of
+from .peak_search import checkpoints_of, lower_peak
 from .schedule import Decisions
 
 log = logging.getLogger(__name__)
+# The one-at-a-time phase stops after this many ops in a row that do not fit or pay, leaving
+# the time to the kicks.
+MAX_MISSES = 25
 
 
 def _order(graph: PlannerGraph, times: list[float], decisions: Decisions,
@@ -42,50 +50,88 @@ def _order(graph: PlannerGraph, times: list[float], decisions: Decisions,
 
 
 def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budget: int,
-                  time_limit_s: float) -> Evaluation | None:
+                  time_limit_s: float, sites: dict | None = None) -> Evaluation | None:
     """The fastest checkpoint plan the search reaches from ``start`` (any plan: its
     checkpoints are the outputs it holds after the forward pass) within ``budget`` and
-    ``time_limit_s``, simulated; None if ``start``'s checkpoints do not fit."""
+    ``time_limit_s``, simulated; None if ``start``'s checkpoints do not fit. ``sites``: the
+    variants a peak-lowering kick may switch (``graph.variant_sites``; none by default)."""
     t0 = time.perf_counter()
+    deadline = t0 + time_limit_s
     times = [n.time_s for n in profile.nodes]
-    checkpoints = checkpoints_of(graph, start)
-    variants, in_place = dict(start.variants), start.in_place
+    in_place = start.in_place
 
-    def plan(points: set[int], hold: bool) -> Evaluation:
+    def plan(points: set[int], variants: dict[int, str], hold: bool) -> Evaluation:
         return evaluate(profile, graph, checkpoint_decisions(
             graph, points, variants, hold_recomputed=hold, in_place=in_place))
 
-    def better(trial: Evaluation) -> bool:
-        return trial.result.peak_bytes <= budget and trial.result.time_s < best.result.time_s
-
     # Recomputed values held to their last use (torch.utils.checkpoint's way, the per-block
     # plans') or recomputed in every stage that needs them: whichever fits and is faster.
-    starts = [(hold, plan(checkpoints, hold)) for hold in (True, False)]
+    checkpoints, variants = checkpoints_of(graph, start), dict(start.variants)
+    starts = [(hold, plan(checkpoints, variants, hold)) for hold in (True, False)]
     starts = [s for s in starts if s[1].result.peak_bytes <= budget]
     if not starts:
         return None
     hold, best = min(starts, key=lambda s: s[1].result.time_s)
     first_time = best.result.time_s
+    checkpoints, best, grown = _grow(graph, times, checkpoints, best, budget,
+                                     lambda points: plan(points, variants, hold), deadline)
+    kicks = 0
+    while sites and time.perf_counter() < deadline:
+        # Stuck at the budget: lower the peak by one move of the peak search (a checkpoint
+        # held at the peak recomputed instead, or a variant switched) and grow again from
+        # there; kept if the result is faster.
+        low, low_result = lower_peak(profile, graph, best.decisions, sites,
+                                     deadline - time.perf_counter(),
+                                     stop_at=best.result.peak_bytes - 1)
+        if low_result.peak_bytes >= best.result.peak_bytes:
+            break
+        points, kick_variants = checkpoints_of(graph, low), dict(low.variants)
+        kicked = plan(points, kick_variants, hold)
+        if kicked.result.peak_bytes > budget:
+            break
+        points, kicked, more = _grow(graph, times, points, kicked, budget,
+                                     lambda p: plan(p, kick_variants, hold), deadline)
+        if kicked.result.time_s >= best.result.time_s:
+            break
+        checkpoints, variants, best = points, kick_variants, kicked
+        grown += more
+        kicks += 1
+    log.info("time search: %+.4g s (%d checkpoints added, %d kicks), peak %.3f GiB, %.1f s",
+             best.result.time_s - first_time, grown, kicks, best.result.peak_bytes / 2**30,
+             time.perf_counter() - t0)
+    return best
+
+
+def _grow(graph: PlannerGraph, times: list[float], checkpoints: set[int],
+          best: Evaluation, budget: int,
+          plan: Callable[[set[int]], Evaluation], deadline: float
+          ) -> tuple[set[int], Evaluation, int]:
+    """More checkpoints for ``best`` (made of ``checkpoints``) while the plan fits and gets
+    faster: the longest fitting prefix of ``_order`` by bisection, then one op at a time.
+    Returns the checkpoints, their plan and how many were added."""
+    def better(trial: Evaluation, than: Evaluation) -> bool:
+        return trial.result.peak_bytes <= budget and trial.result.time_s < than.result.time_s
+
     order = _order(graph, times, best.decisions, checkpoints)
-    lo, hi = 0, len(order)  # the longest fitting prefix, by bisection
-    while lo < hi and time.perf_counter() - t0 < time_limit_s:
+    lo, hi = 0, len(order)
+    while lo < hi and time.perf_counter() < deadline:
         mid = (lo + hi + 1) // 2
-        trial = plan(checkpoints | set(order[:mid]), hold)
-        if better(trial):
+        trial = plan(checkpoints | set(order[:mid]))
+        if better(trial, best):
             lo, best = mid, trial
         else:
             hi = mid - 1
-    checkpoints |= set(order[:lo])
-    tried = 0
+    checkpoints = checkpoints | set(order[:lo])
+    added, misses = lo, 0
     for op in order[lo:]:
-        if time.perf_counter() - t0 >= time_limit_s:
+        if time.perf_counter() >= deadline or misses >= MAX_MISSES:
             break
-        tried += 1
-        trial = plan(checkpoints | {op}, hold)
-        if better(trial):
+        trial = plan(checkpoints | {op})
+        if better(trial, best):
             checkpoints.add(op)
             best = trial
-    log.info("time search: %+.4g s (prefix of %d ops, %d more tried), peak %.3f GiB, %.1f s",
-             best.result.time_s - first_time, lo, tried, best.result.peak_bytes / 2**30,
-             time.perf_counter() - t0)
-    return best
+            added += 1
+            misses = 0
+        else:
+            misses += 1
+    return checkpoints, best, added

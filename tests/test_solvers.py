@@ -84,6 +84,26 @@ def test_time_search_makes_a_fitting_plan_faster(name):
     assert faster_within(profile, graph, start, first.peak_bytes - 1, time_limit_s=5) is None
 
 
+def test_time_search_kicks_past_the_budget(gpt_case, caplog):
+    """Stuck at the budget, the search lowers the peak by a peak-search move and grows the
+    plan again (a kick): faster than without kicks, and still a fitting, simulated plan."""
+    profile = gpt_case.profile
+    graph = planner_graph(profile)
+    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    start = checkpoint_decisions(graph, set())
+    first = simulate(profile, build_schedule(graph, start)).peak_bytes
+    budget = first + int(0.65 * (peak - first))
+    plain = faster_within(profile, graph, start, budget, time_limit_s=30)
+    with caplog.at_level(logging.INFO, logger="planner.time_search"):
+        kicked = faster_within(profile, graph, start, budget, time_limit_s=30,
+                               sites=graph.variant_sites("all"))
+    assert "0 kicks" not in caplog.text
+    assert kicked.result.peak_bytes <= budget
+    assert kicked.result.time_s < plain.result.time_s
+    again = simulate(profile, build_schedule(graph, kicked.decisions))
+    assert (again.peak_bytes, again.time_s) == (kicked.result.peak_bytes, kicked.result.time_s)
+
+
 def test_every_solve_reports_a_bound_and_gap(gpt_case):
     plan = solve(gpt_case.profile, 0.65, options=SolveOptions(time_limit_s=6))
     s = plan.solver
