@@ -69,10 +69,6 @@ class StageMILP:
             self._vectors = MilpVectors(self)
         return self._vectors
 
-    def values(self, decisions: Decisions) -> dict[str, float]:
-        """Every variable's value at ``decisions``, by name (auxiliaries at their least)."""
-        return dict(zip(self.vectors.names, self.vectors.values(decisions).tolist()))
-
     def represents(self, decisions: Decisions) -> bool:
         """Whether ``decisions`` is a point of this problem (recomputes within the window,
         keeps constant between a storage's events)."""

@@ -88,7 +88,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                             v.lowBound = v.upBound = start_values[i]
                         else:
                             v.lowBound, v.upBound = bounds[v.name]
-                    milp.set_start(best)
+                        v.varValue = start_values[i]  # the warm start
                     found = solve_problem(milp.problem, backend, replace(
                         options, time_limit_s=limit, warm_start=True)).has_solution
                 if not found:

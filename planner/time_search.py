@@ -73,8 +73,8 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
         return None
     hold, best = min(starts, key=lambda s: s[1].result.time_s)
     first_time = best.result.time_s
-    checkpoints, best, grown = _grow(graph, times, checkpoints, best, budget,
-                                     lambda points: plan(points, variants, hold), deadline)
+    best, grown = _grow(graph, times, checkpoints, best, budget,
+                        lambda points: plan(points, variants, hold), deadline)
     kicks = 0
     while sites and time.perf_counter() < deadline:
         # Stuck at the budget: lower the peak by one move of the peak search (a checkpoint
@@ -89,11 +89,11 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
         kicked = plan(points, kick_variants, hold)
         if kicked.result.peak_bytes > budget:
             break
-        points, kicked, more = _grow(graph, times, points, kicked, budget,
-                                     lambda p: plan(p, kick_variants, hold), deadline)
+        kicked, more = _grow(graph, times, points, kicked, budget,
+                             lambda p: plan(p, kick_variants, hold), deadline)
         if kicked.result.time_s >= best.result.time_s:
             break
-        checkpoints, variants, best = points, kick_variants, kicked
+        best = kicked
         grown += more
         kicks += 1
     log.info("time search: %+.4g s (%d checkpoints added, %d kicks), peak %.3f GiB, %.1f s",
@@ -105,10 +105,10 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
 def _grow(graph: PlannerGraph, times: list[float], checkpoints: set[int],
           best: Evaluation, budget: int,
           plan: Callable[[set[int]], Evaluation], deadline: float
-          ) -> tuple[set[int], Evaluation, int]:
+          ) -> tuple[Evaluation, int]:
     """More checkpoints for ``best`` (made of ``checkpoints``) while the plan fits and gets
     faster: the longest fitting prefix of ``_order`` by bisection, then one op at a time.
-    Returns the checkpoints, their plan and how many were added."""
+    Returns the plan reached and how many checkpoints were added."""
     def better(trial: Evaluation, than: Evaluation) -> bool:
         return trial.result.peak_bytes <= budget and trial.result.time_s < than.result.time_s
 
@@ -134,4 +134,4 @@ def _grow(graph: PlannerGraph, times: list[float], checkpoints: set[int],
             misses = 0
         else:
             misses += 1
-    return checkpoints, best, added
+    return best, added
