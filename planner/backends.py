@@ -26,6 +26,9 @@ class SolveOptions:
     verbose: bool = False
     warm_start: bool = False  # start from the variables' current values (a feasible plan)
     variants: str = "all"  # operator variants the plan may use: all, exact or none
+    # HiGHS only: run the full MILP in a second process beside the window search
+    # (planner.full_solve); off, the full MILP gets a share of the time before it.
+    parallel: bool = True
 
 
 class _WarmHiGHS(pulp.HiGHS):

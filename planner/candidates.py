@@ -17,7 +17,7 @@ from typing import Iterable
 from profiler.ir import Profile
 
 from .backends import SolveOptions, SolveOutcome, solve_problem
-from .formulation import build_stage_milp
+from .formulation import StageMILP, build_stage_milp
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, module_block_candidates, structural_candidates
 from .in_place import allows
@@ -46,11 +46,14 @@ def planner_graph(profile: Profile) -> PlannerGraph:
 
 
 def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                         time_limit_s: float, variants: str, lp: bool = True
+                         time_limit_s: float, variants: str, lp: bool = True,
+                         milp: StageMILP | None = None
                          ) -> tuple[list[Evaluation], float | None]:
     """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
     and without every variant), simulated; the first is the unoptimised plan. Also the LP
-    relaxation's optimum (for ``budget``, or of the lowest peak without one)."""
+    relaxation's optimum (for ``budget``, or of the lowest peak without one). ``milp``, if
+    given, is the problem already built for ``budget`` and ``variants``, relaxed for the LP
+    instead of building another."""
     times = [n.time_s for n in profile.nodes]
     every = all_variants(graph, variants)
     plans = itertools.chain(
@@ -61,7 +64,7 @@ def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | No
     front = pareto_front(evaluate(profile, graph, d) for d in itertools.chain(
         [baseline_decisions(graph)], (with_in_place(d, variants) for d in plans)))
     rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
-                                            variants=variants) if lp else ([], None)
+                                            variants=variants, milp=milp) if lp else ([], None)
     more = (evaluate(profile, graph, d) for d in rounded)
     return pareto_front(itertools.chain(front, more)), bound
 

@@ -17,7 +17,9 @@ import numpy as np
 
 from .backends import SolveOptions, solve_problem
 from .formulation import StageMILP
+from .full_solve import FullSolveProcess
 from .graph import PlannerGraph
+from .progress import ProgressLog
 from .schedule import Decisions
 from .window_highs import PersistentHiGHS
 
@@ -43,12 +45,16 @@ def _stage_spans(milp: StageMILP, graph: PlannerGraph) -> tuple[np.ndarray, np.n
 
 def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, backend: str,
                        options: SolveOptions, time_budget_s: float, window: int = 16,
-                       step_limit_s: float = 3.0) -> tuple[Decisions, int]:
+                       step_limit_s: float = 3.0, persistent: PersistentHiGHS | None = None,
+                       full: FullSolveProcess | None = None) -> tuple[Decisions, int]:
     """Improve ``start`` (a point of ``milp``) by re-solving windows of ``window`` stages
     with everything else fixed, until ``time_budget_s`` is spent. A sweep over the backward
     pass that finds nothing better doubles the window (a larger neighbourhood); the search
-    ends when a window spanning every stage finds nothing. Returns the best decisions and
-    the number of improving windows."""
+    ends when a window spanning every stage finds nothing. ``persistent`` is the HiGHS model
+    to re-solve (built here if None and the backend is HiGHS). With ``full`` (the full MILP
+    solving in another process) its plans are taken up between windows and the window
+    search's are offered to it; the search ends when it proves optimality. Returns the best
+    decisions and the number of improving windows (or plans taken up)."""
     K = len(graph.stages)
     vectors = milp.vectors
     first, last = _stage_spans(milp, graph)
@@ -60,16 +66,43 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     best_obj = vectors.objective_of(best_x)
     deadline = time.perf_counter() + time_budget_s
     improved = 0
-    persistent = None
-    if backend == "highs":  # one model, re-solved with changed bounds
+    if persistent is None and backend == "highs":  # one model, re-solved with changed bounds
         persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
                                      options.verbose)
+
+    def better(candidate: Decisions, where: str) -> bool:
+        nonlocal best, best_x, best_obj, improved
+        x = vectors.values(candidate)
+        objective = vectors.objective_of(x)
+        # Re-checked in bytes: the solver's rows are in MiB, within its tolerances.
+        if objective < best_obj - 1e-9 * max(1.0, abs(best_obj)) and (
+                milp.budget is None or vectors.largest_row(x) <= milp.budget):
+            best, best_x, best_obj = candidate, x, objective
+            improved += 1
+            log.info("%s: objective %.6g", where, best_obj)
+            return True
+        return False
+
+    progress = ProgressLog("highs")
+
+    def take_up() -> None:
+        """The full MILP's newest plan, if better; progress of both searches."""
+        if full is None:
+            return
+        found = full.take_plan()
+        if found is not None:
+            better(found[1], "full MILP")
+        progress.update(best_obj, full.bound)
+
     first_window = window  # a larger window gets proportionally more time per step
     try:
         while True:
             improved_this_sweep = False
             stride = max(1, window // 2)
             for lo in range(max(K - window, 0), -stride, -stride):
+                take_up()
+                if full is not None and full.proved_optimal:
+                    return best, improved
                 left = deadline - time.perf_counter()
                 if left < 1.0:
                     return best, improved
@@ -91,20 +124,11 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                         v.varValue = start_values[i]  # the warm start
                     found = solve_problem(milp.problem, backend, replace(
                         options, time_limit_s=limit, warm_start=True)).has_solution
-                if not found:
-                    continue
-                candidate = milp.decisions(K)
-                x = vectors.values(candidate)
-                objective = vectors.objective_of(x)
-                # Re-checked in bytes: the solver's rows are in MiB, within its tolerances.
-                if objective < best_obj - 1e-9 * max(1.0, abs(best_obj)) and (
-                        milp.budget is None or vectors.largest_row(x) <= milp.budget):
-                    best, best_x = candidate, x
-                    best_obj = objective
-                    improved += 1
+                if found and better(milp.decisions(K),
+                                    f"window {max(lo, 0)}-{lo + window - 1}"):
                     improved_this_sweep = True
-                    log.info("window %d-%d: objective %.6g", max(lo, 0), lo + window - 1,
-                             best_obj)
+                    if full is not None:
+                        full.offer(best)
             if not improved_this_sweep:
                 if window >= K:
                     return best, improved

@@ -20,8 +20,10 @@ from .backends import SolveOptions, SolveOutcome, solve_problem
 from .budget import format_bytes
 from .candidates import Evaluation, evaluate
 from .formulation import StageMILP, build_stage_milp
+from .full_solve import FullSolveProcess
 from .graph import PlannerGraph
 from .lns import improve_by_windows
+from .schedule import Decisions
 
 log = logging.getLogger(__name__)
 # Share of the time left after the heuristics that the full MILP gets; window-by-window
@@ -38,17 +40,26 @@ MILP_MIN_SHARE = 0.1
 
 def milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
                 options: SolveOptions, start: Evaluation | None, fitting: list[Evaluation],
-                deadline: float
+                deadline: float, full: FullSolveProcess | None = None
                 ) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
-    """The full MILP warm-started from ``start``, then window-by-window improvement, until
+    """The full MILP warm-started from ``start``, and window-by-window improvement, until
     ``deadline`` (``time.perf_counter()``); plans that fit are appended to ``fitting``.
-    Returns the MILP, the full solve's outcome, the MILP's last plan and its objective."""
+    With ``full`` (the full MILP already solving in a second process, ``planner.full_solve``)
+    the window search runs beside it; otherwise the full MILP gets a share of the time
+    first. Returns the MILP, the full solve's outcome, the MILP's last plan and its
+    objective."""
     times = [n.time_s for n in profile.nodes]
-    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
-                            include=start.decisions if start is not None else None)
+    if full is not None and (start is None or full.milp.represents(start.decisions)):
+        milp = full.milp
+    else:
+        milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
+                                include=start.decisions if start is not None else None)
     remaining = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
     log.info("MILP built; %.1f s left for it", remaining)
     warm = start is not None and milp.represents(start.decisions)
+    if full is not None:
+        return _beside(profile, graph, milp, options, start if warm else None, fitting,
+                       time.perf_counter() + remaining, full)
     if warm:
         milp.set_start(start.decisions)
     t_full = time.perf_counter()
@@ -69,13 +80,65 @@ def milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backen
         decisions, steps = improve_by_windows(milp, graph, incumbent.decisions, backend,
                                               options, left)
         if steps:
-            improved = evaluate(profile, graph, decisions)
-            if improved.result.peak_bytes <= budget_bytes:  # the simulator has the last word
+            improved = _checked(profile, graph, decisions, budget_bytes, fitting)
+            if improved is not None:
                 from_milp = improved
                 objective_of_milp = milp.objective_of(decisions)
-                fitting.append(from_milp)
-            else:
-                log.warning("window search plan peaks at %s over the budget %s: dropped",
-                            format_bytes(improved.result.peak_bytes),
-                            format_bytes(budget_bytes))
     return milp, outcome, from_milp, objective_of_milp
+
+
+def _checked(profile: Profile, graph: PlannerGraph, decisions: Decisions, budget_bytes: int,
+             fitting: list[Evaluation]) -> Evaluation | None:
+    """``decisions`` simulated, and appended to ``fitting`` if they fit (the simulator has
+    the last word)."""
+    found = evaluate(profile, graph, decisions)
+    if found.result.peak_bytes <= budget_bytes:
+        fitting.append(found)
+        return found
+    log.warning("MILP plan peaks at %s over the budget %s: dropped",
+                format_bytes(found.result.peak_bytes), format_bytes(budget_bytes))
+    return None
+
+
+def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: SolveOptions,
+            start: Evaluation | None, fitting: list[Evaluation], deadline: float,
+            full: FullSolveProcess
+            ) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
+    """The window search on ``milp`` from ``start`` (or, without one, from the full MILP's
+    first plan, waited for up to COLD_SHARE of the time) beside ``full`` until
+    ``deadline``."""
+    decisions = None
+    if start is not None:
+        decisions = start.decisions
+        full.offer(decisions)
+    wait_until = time.perf_counter() + COLD_SHARE * (deadline - time.perf_counter())
+    while decisions is None and not full.finished and time.perf_counter() < wait_until:
+        found = full.take_plan()  # no plan to start the windows from: wait for one
+        if found is not None:
+            decisions = found[1]
+        else:
+            time.sleep(0.05)
+    steps = 0
+    if decisions is not None and not full.finished:
+        persistent = full.persistent if milp is full.milp else None
+        decisions, steps = improve_by_windows(
+            milp, graph, decisions, "highs", options, deadline - time.perf_counter(),
+            persistent=persistent, full=full)
+    outcome, last = full.close(deadline - time.perf_counter() if decisions is not None
+                               else 0.0)
+    if last is not None and milp.represents(last[1]):
+        x = milp.vectors.values(last[1])
+        if decisions is None or (milp.vectors.objective_of(x) < milp.objective_of(decisions)
+                                 and milp.vectors.largest_row(x) <= milp.budget):
+            decisions = last[1]
+    if decisions is None:
+        return milp, outcome, None, None
+    objective = milp.objective_of(decisions)
+    from_milp = _checked(profile, graph, decisions, milp.budget, fitting) \
+        if start is None or decisions is not start.decisions else None
+    if outcome.status == "no_solution" and from_milp is not None:
+        outcome = replace(outcome, status="feasible")  # the window search's plan
+    if outcome.status == "optimal" and objective > outcome.objective + 1e-9 * max(
+            1.0, abs(outcome.objective)):
+        outcome = replace(outcome, status="feasible")  # its optimum did not fit in bytes
+    return milp, outcome, from_milp, objective

@@ -21,6 +21,7 @@ from .candidates import (
     uses_only_variants,
 )
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
+from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
 from .in_place import allowed_writes, in_place_summary
 from .milp_search import milp_search
@@ -179,30 +180,21 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
     heuristic_only = _too_large(graph, options.time_limit_s)
-    candidates, lp_bound = heuristic_candidates(profile, graph, budget_bytes,
-                                                options.time_limit_s / 4, options.variants,
-                                                lp=not heuristic_only)
-    hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
-    candidates += [evaluate(profile, graph, d) for d in hints
-                   if uses_only_variants(graph, options.variants, d)]
-    log.info("%.1f s: %d heuristic plans", time.perf_counter() - t0, len(candidates))
-    fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
-    fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
-                                   options.time_limit_s * REPAIR_SHARE)
-    log.info("%.1f s: %d plans fit", time.perf_counter() - t0, len(fitting))
-    start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
-    if start is not None:
-        found = faster_within(profile, graph, start.decisions, budget_bytes,
-                              TIME_SEARCH_SHARE * options.time_limit_s,
-                              graph.variant_sites(options.variants))
-        if found is not None and found.result.time_s < start.result.time_s:
-            start = found
-            fitting.append(start)
-    milp, outcome, from_milp, objective_of_milp = None, None, None, None
-    if not heuristic_only:
-        milp, outcome, from_milp, objective_of_milp = milp_search(
-            profile, graph, budget_bytes, backend, options, start, fitting,
-            t0 + options.time_limit_s - reserve)
+    deadline = t0 + options.time_limit_s - reserve
+    full = None
+    if not heuristic_only and parallel_available(options, backend):
+        # The full MILP solves in a second process from now on: its bound and plans gain
+        # the time the heuristics take here (planner.full_solve).
+        full = FullSolveProcess(build_stage_milp(graph, times, budget_bytes,
+                                                 variants=options.variants),
+                                len(graph.stages), deadline - time.perf_counter(), options)
+    try:
+        fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp = \
+            _budgeted_search(profile, graph, budget_bytes, backend, options, hints,
+                             heuristic_only, deadline, full)
+    finally:
+        if full is not None:
+            full.stop()
     if not fitting and not _fallback:
         raise InfeasibleBudgetError(budget_bytes, None, "no plan found", proven=False)
     if not fitting:
@@ -249,6 +241,41 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                       variables=len(milp.problem.variables()) if milp else 0,
                       constraints=len(milp.problem.constraints) if milp else 0)
     return _make_plan(profile, graph, best, base, budget_bytes, str(budget), info, solver_peak)
+
+
+def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
+                     options: SolveOptions, hints: Sequence[Decisions], heuristic_only: bool,
+                     deadline: float, full: FullSolveProcess | None):
+    """Heuristic plans, their repair and the time-directed search, then the MILP search
+    (``planner.milp_search``) until ``deadline``. Returns the plans that fit, the heuristic
+    candidates, the LP bound, and the MILP search's problem, outcome, plan and objective."""
+    candidates, lp_bound = heuristic_candidates(profile, graph, budget_bytes,
+                                                options.time_limit_s / 4, options.variants,
+                                                lp=not heuristic_only,
+                                                milp=full.milp if full is not None else None)
+    hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
+    candidates += [evaluate(profile, graph, d) for d in hints
+                   if uses_only_variants(graph, options.variants, d)]
+    log.info("%d heuristic plans", len(candidates))
+    fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
+    fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
+                                   options.time_limit_s * REPAIR_SHARE)
+    log.info("%d plans fit", len(fitting))
+    start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
+    if start is not None and full is not None:
+        full.offer(start.decisions)
+    if start is not None:
+        found = faster_within(profile, graph, start.decisions, budget_bytes,
+                              TIME_SEARCH_SHARE * options.time_limit_s,
+                              graph.variant_sites(options.variants))
+        if found is not None and found.result.time_s < start.result.time_s:
+            start = found
+            fitting.append(start)
+    milp, outcome, from_milp, objective_of_milp = None, None, None, None
+    if not heuristic_only:
+        milp, outcome, from_milp, objective_of_milp = milp_search(
+            profile, graph, budget_bytes, backend, options, start, fitting, deadline, full)
+    return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None

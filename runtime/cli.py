@@ -36,7 +36,8 @@ def _options(args: argparse.Namespace):
     if args.time_limit <= 0:
         raise UserError(f"--time-limit must be positive seconds, not {args.time_limit}")
     return SolveOptions(time_limit_s=args.time_limit, gap=args.gap, verbose=args.verbose > 1,
-                        variants="none" if args.no_variants else args.variants)
+                        variants="none" if args.no_variants else args.variants,
+                        parallel=not args.one_process)
 
 
 def _profile(args: argparse.Namespace) -> None:
@@ -157,6 +158,9 @@ def _solver_options(p: argparse.ArgumentParser, time_limit: float) -> None:
                         "those with bit-identical gradients: masks, pooling), none")
     p.add_argument("--no-variants", action="store_true",
                    help="same as --variants none: checkpointing only")
+    p.add_argument("--one-process", action="store_true",
+                   help="HiGHS: solve the full MILP before the window search instead of "
+                        "beside it in a second process (for a single core)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,140 @@
+"""The full MILP in a second process beside the window search (planner.full_solve)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+import pytest
+
+from conftest import model_case
+from planner import full_solve as full_solve_module
+from planner import solve
+from planner.backends import SolveOptions
+from planner.formulation import build_stage_milp
+from planner.full_solve import FullSolveProcess
+from planner.heuristic import structural_candidates
+from planner.schedule import baseline_decisions, build_schedule
+from planner.simulator import simulate
+from planner.solve import planner_graph
+
+needs_two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core")
+
+
+def _problem(name: str, fraction: float):
+    profile = model_case(name).profile
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    milp = build_stage_milp(graph, times, int(fraction * peak), in_place="none")
+    return profile, graph, milp
+
+
+def test_plans_travel_both_ways():
+    """A plan offered to the worker comes back as its incumbent (or a better one), as
+    decisions of the same problem whose objective is the one the worker reports; the
+    bound it reports is at most that objective."""
+    profile, graph, milp = _problem("resnet18", 0.75)
+    times = [n.time_s for n in profile.nodes]
+    offered = min((d for d in structural_candidates(graph, times)
+                   if milp.represents(d) and milp.evaluate_peak(d) <= milp.budget),
+                  key=milp.objective_of)
+    full = FullSolveProcess(milp, len(graph.stages), 6.0, SolveOptions(gap=1e-9))
+    try:
+        full.offer(offered)
+        outcome, last = full.close(10.0)
+    finally:
+        full.stop()
+    assert outcome.status in ("optimal", "feasible")
+    assert outcome.bound is not None and outcome.bound <= outcome.objective + 1e-9
+    assert outcome.objective <= milp.objective_of(offered) + 1e-9
+    if last is not None:
+        objective, decisions = last
+        assert milp.represents(decisions)
+        assert milp.objective_of(decisions) == pytest.approx(objective, rel=1e-6, abs=1e-9)
+        assert milp.evaluate_peak(decisions) <= milp.budget * (1 + 1e-6)
+    assert not os.path.exists(full.dir)
+
+
+@needs_two_cores
+def test_solve_runs_the_full_milp_beside_the_windows(caplog):
+    """A budgeted solve starts the worker, reports its bound (at least the LP's, no more
+    than the plan's objective) and returns a plan the simulator confirms."""
+    profile = model_case("resnet18").profile
+    with caplog.at_level(logging.INFO, logger="planner"):
+        plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=15))
+    assert "full MILP started in process" in caplog.text
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.solver_peak_bytes == plan.predicted_peak_bytes
+    s = plan.solver
+    assert s.bound is not None and s.bound <= s.objective + 1e-9
+    assert s.solve_time_s <= 15 * 1.05
+
+
+@needs_two_cores
+def test_a_proof_of_optimality_ends_the_solve_early():
+    """When the worker proves its plan optimal, the window search stops: the solve returns
+    long before its limit with gap 0."""
+    profile = model_case("gpt").profile
+    t0 = time.perf_counter()
+    plan = solve(profile, 0.8, options=SolveOptions(time_limit_s=120))
+    assert time.perf_counter() - t0 < 60
+    assert plan.solver.status == "optimal" and plan.solver.gap == pytest.approx(0, abs=1e-4)
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+
+
+@needs_two_cores
+def test_a_failing_worker_loses_nothing(monkeypatch, tmp_path, caplog):
+    """A worker that dies at once: the solve still returns the window search's plan, and
+    says why the worker ended."""
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("import sys\nprint('no solver here', file=sys.stderr)\nsys.exit(3)\n")
+    monkeypatch.setattr(full_solve_module, "WORKER", str(broken))
+    profile = model_case("resnet18").profile
+    with caplog.at_level(logging.WARNING, logger="planner.full_solve"):
+        plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=10))
+    assert "ended with status 3" in caplog.text and "no solver here" in caplog.text
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.solver.objective is not None
+
+
+@needs_two_cores
+def test_an_error_in_the_search_stops_the_worker(monkeypatch):
+    """An exception while the worker runs ends it and removes its files."""
+    started: list[FullSolveProcess] = []
+
+    class Recorded(FullSolveProcess):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("search failed")
+
+    solve_module = sys.modules["planner.solve"]  # planner.solve is also the function
+    monkeypatch.setattr(solve_module, "FullSolveProcess", Recorded)
+    monkeypatch.setattr(solve_module, "faster_within", fail)
+    with pytest.raises(RuntimeError, match="search failed"):
+        solve(model_case("resnet18").profile, 0.7, options=SolveOptions(time_limit_s=30))
+    assert len(started) == 1
+    assert started[0].process.poll() is not None
+    assert not os.path.exists(started[0].dir)
+
+
+def test_one_process_when_asked_or_on_one_core(monkeypatch):
+    assert not full_solve_module.parallel_available(SolveOptions(parallel=False), "highs")
+    assert not full_solve_module.parallel_available(SolveOptions(threads=1), "highs")
+    assert not full_solve_module.parallel_available(SolveOptions(), "cbc")
+    monkeypatch.setattr(full_solve_module.os, "cpu_count", lambda: 1)
+    assert not full_solve_module.parallel_available(SolveOptions(), "highs")
+
+
+def test_worker_imports_nothing_of_the_planner():
+    """The worker starts without torch or the planner (a fraction of a second)."""
+    import subprocess
+    code = ("import runpy, sys; sys.argv = ['w', '--help']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules and 'planner' not in sys.modules, "
+            "sorted(sys.modules)\n") % full_solve_module.WORKER
+    subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True)
