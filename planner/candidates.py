@@ -18,6 +18,7 @@ from profiler.ir import Profile
 
 from .backends import SolveOptions, SolveOutcome, solve_problem
 from .formulation import StageMILP, build_stage_milp
+from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
 from .heuristic import lp_rounding_candidates, module_block_candidates, structural_candidates
 from .in_place import allows
@@ -114,8 +115,10 @@ def lowest_peak_search(profile: Profile, graph: PlannerGraph, backend: str, opti
     t0 = time.perf_counter()  # the MILP's build counts (3-5 s on the GPT)
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], None, minimize_peak=True,
                             variants=options.variants)
-    milp.set_start(candidates[0].decisions)
     limit = options.time_limit_s
+    if parallel_available(options, backend):
+        return _lowest_peak_beside(profile, graph, milp, options, candidates, t0 + limit)
+    milp.set_start(candidates[0].decisions)
     outcome = solve_problem(milp.problem, backend, replace(
         options, warm_start=True,
         time_limit_s=max(0.5 * limit - (time.perf_counter() - t0), 0.1 * limit)))
@@ -130,13 +133,48 @@ def lowest_peak_search(profile: Profile, graph: PlannerGraph, backend: str, opti
     left = limit - (time.perf_counter() - t0)
     if outcome.status != "optimal" and left > 2.0:
         # Improve the lowest-peak point of the problem window by window.
-        start = min((e for e in found if milp.represents(e.decisions)),
-                    key=lambda e: milp.evaluate_peak(replace(e.decisions,
-                                                             in_place=milp.in_place)))
-        decisions, steps = improve_by_windows(milp, graph, start.decisions, backend, options,
-                                              left)
+        decisions, steps = improve_by_windows(milp, graph, _lowest_point(milp, found),
+                                              backend, options, left)
         if steps:
             found.append(evaluate(profile, graph, decisions))
+    return min(found, key=lambda e: e.result.peak_bytes), outcome
+
+
+def _lowest_point(milp: StageMILP, found: list[Evaluation]) -> Decisions:
+    """The plan of ``found`` that is a point of ``milp`` with the lowest peak by its rows."""
+    return min((e for e in found if milp.represents(e.decisions)),
+               key=lambda e: milp.evaluate_peak(replace(e.decisions, in_place=milp.in_place))
+               ).decisions
+
+
+def _lowest_peak_beside(profile: Profile, graph: PlannerGraph, milp: StageMILP,
+                        options: SolveOptions, candidates: list[Evaluation], deadline: float
+                        ) -> tuple[Evaluation, SolveOutcome]:
+    """The min-peak MILP in a second process (``planner.full_solve``) until ``deadline``,
+    from the unoptimised plan; here, beside it, the peak-directed search and then windows
+    from the lowest point found, taking up the worker's plans."""
+    K = len(graph.stages)
+    limit = options.time_limit_s
+    full = FullSolveProcess(milp, K, deadline - time.perf_counter(), options,
+                            start=candidates[0].decisions)
+    try:
+        found = list(candidates)
+        found.append(peak_search_from(profile, graph, replace(
+            options, time_limit_s=min(0.4 * limit, deadline - time.perf_counter())), found))
+        start = _lowest_point(milp, found)
+        full.offer(start)
+        decisions, steps = start, 0
+        if deadline - time.perf_counter() > 2.0 and not full.proved_optimal:
+            decisions, steps = improve_by_windows(
+                milp, graph, start, "highs", options, deadline - time.perf_counter(),
+                persistent=full.persistent, full=full)
+        outcome, last = full.close(deadline - time.perf_counter())
+    finally:
+        full.stop()
+    if steps:
+        found.append(evaluate(profile, graph, decisions))
+    if last is not None:
+        found.append(evaluate(profile, graph, last[1]))
     return min(found, key=lambda e: e.result.peak_bytes), outcome
 
 

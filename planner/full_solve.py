@@ -30,7 +30,10 @@ from .window_highs import PersistentHiGHS
 
 log = logging.getLogger(__name__)
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "highs_worker.py")
-STARTUP_S = 0.5  # the worker's own start (Python, highspy, reading the model), kept aside
+# The worker's limit is the caller's less this: its start (Python, highspy, reading the
+# model) and its stop (HiGHS ends an LP before it looks at the clock), so that it ends on
+# its own and reports its final bound rather than being stopped at the deadline.
+MARGIN_S = 1.5
 
 
 def parallel_available(options: SolveOptions, backend: str) -> bool:
@@ -66,7 +69,7 @@ class FullSolveProcess:
         self.persistent.highs.writeModel(model)
         # -P: not the worker's folder first on sys.path (planner/inspect.py would shadow inspect)
         command = [sys.executable, "-P", WORKER, model, "--dir", self.dir,
-                   "--time-limit", repr(max(time_limit_s - STARTUP_S, 0.5)),
+                   "--time-limit", repr(max(time_limit_s - MARGIN_S, 0.5)),
                    "--gap", repr(options.gap)]
         if options.threads:
             command += ["--threads", str(options.threads)]

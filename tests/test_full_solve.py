@@ -138,3 +138,23 @@ def test_worker_imports_nothing_of_the_planner():
             "assert 'torch' not in sys.modules and 'planner' not in sys.modules, "
             "sorted(sys.modules)\n") % full_solve_module.WORKER
     subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True)
+
+
+@needs_two_cores
+def test_lowest_peak_search_beside_the_worker(caplog):
+    """The min-peak MILP in the worker, the peak search and windows here: the plan found is
+    at most the lowest heuristic peak, and the worker's bound (MiB) at most its peak."""
+    from planner.candidates import heuristic_candidates, lowest_peak_search
+    from planner.formulation import MIB_SCALE
+    profile = model_case("resnet18").profile
+    graph = planner_graph(profile)
+    candidates, _ = heuristic_candidates(profile, graph, None, 5.0, "all")
+    with caplog.at_level(logging.INFO, logger="planner"):
+        lowest, outcome = lowest_peak_search(profile, graph, "highs",
+                                             SolveOptions(time_limit_s=10), candidates)
+    assert "full MILP started in process" in caplog.text
+    assert lowest.result.peak_bytes <= min(e.result.peak_bytes for e in candidates)
+    assert outcome.bound is not None
+    assert outcome.bound <= lowest.result.peak_bytes * MIB_SCALE * (1 + 1e-6)
+    again = simulate(profile, build_schedule(graph, lowest.decisions))
+    assert again.peak_bytes == lowest.result.peak_bytes
