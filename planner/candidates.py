@@ -47,14 +47,11 @@ def planner_graph(profile: Profile) -> PlannerGraph:
 
 
 def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
-                         time_limit_s: float, variants: str, lp: bool = True,
-                         milp: StageMILP | None = None
+                         time_limit_s: float, variants: str, lp: bool = True
                          ) -> tuple[list[Evaluation], float | None]:
     """Heuristic plans (all kept; checkpoint sets, structural and LP-rounded; each with
     and without every variant), simulated; the first is the unoptimised plan. Also the LP
-    relaxation's optimum (for ``budget``, or of the lowest peak without one). ``milp``, if
-    given, is the problem already built for ``budget`` and ``variants``, relaxed for the LP
-    instead of building another."""
+    relaxation's optimum (for ``budget``, or of the lowest peak without one)."""
     times = [n.time_s for n in profile.nodes]
     every = all_variants(graph, variants)
     plans = itertools.chain(
@@ -65,7 +62,7 @@ def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | No
     front = pareto_front(evaluate(profile, graph, d) for d in itertools.chain(
         [baseline_decisions(graph)], (with_in_place(d, variants) for d in plans)))
     rounded, bound = lp_rounding_candidates(graph, times, budget, time_limit_s=time_limit_s,
-                                            variants=variants, milp=milp) if lp else ([], None)
+                                            variants=variants) if lp else ([], None)
     more = (evaluate(profile, graph, d) for d in rounded)
     return pareto_front(itertools.chain(front, more)), bound
 
@@ -153,9 +150,8 @@ def _lowest_peak_beside(profile: Profile, graph: PlannerGraph, milp: StageMILP,
     """The min-peak MILP in a second process (``planner.full_solve``) until ``deadline``,
     from the unoptimised plan; here, beside it, the peak-directed search and then windows
     from the lowest point found, taking up the worker's plans."""
-    K = len(graph.stages)
     limit = options.time_limit_s
-    full = FullSolveProcess(milp, K, deadline - time.perf_counter(), options,
+    full = FullSolveProcess(profile, None, deadline - time.perf_counter(), options,
                             start=candidates[0].decisions)
     try:
         found = list(candidates)
@@ -167,7 +163,7 @@ def _lowest_peak_beside(profile: Profile, graph: PlannerGraph, milp: StageMILP,
         if deadline - time.perf_counter() > 2.0 and not full.proved_optimal:
             decisions, steps = improve_by_windows(
                 milp, graph, start, "highs", options, deadline - time.perf_counter(),
-                persistent=full.persistent, full=full)
+                full=full)
         outcome, last = full.close(deadline - time.perf_counter())
     finally:
         full.stop()

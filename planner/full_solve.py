@@ -1,15 +1,17 @@
 """The full stage MILP in a second process while this one runs the window search.
 
 HiGHS's branch and bound is serial, and so is the window search (``planner.lns``): on a
-two-core machine one core sat idle. Now the full MILP runs in ``planner.highs_worker`` for
-the whole search: its cuts and tree raise the lower bound the plan's gap is reported
+two-core machine one core sat idle. Now the full MILP runs in ``planner.full_worker`` for
+the whole solve: its cuts and tree raise the lower bound the plan's gap is reported
 against (ResNet-50 at 1/3 of its peak: 2.8 % after the ~4 s the full solve had in-process,
-5.1 % after 50 s), the plans it finds are taken up by the window search, and the window
-search's plans are offered back to it. The model travels as an MPS file (written by HiGHS
-itself: 0.15 s for ResNet-50's 25K columns), solutions as ``.npy`` vectors of its columns.
+5.4 % beside the search), the plans it finds are taken up by the window search, and the
+window search's plans are offered back to it. The worker loads the profile and builds the
+problem on its own core; plans travel both ways as decisions (JSON files), so neither side
+needs the other's problem.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,18 +23,16 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
+from profiler.ir import Profile
 
 from .backends import SolveOptions, SolveOutcome
-from .formulation import StageMILP
 from .schedule import Decisions
-from .window_highs import PersistentHiGHS
 
 log = logging.getLogger(__name__)
-WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "highs_worker.py")
-# The worker's limit is the caller's less this: its start (Python, highspy, reading the
-# model) and its stop (HiGHS ends an LP before it looks at the clock), so that it ends on
-# its own and reports its final bound rather than being stopped at the deadline.
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "full_worker.py")
+# The worker's limit is the caller's less this: its stop (HiGHS ends an LP before it looks
+# at the clock), so that it ends on its own and reports its final bound rather than being
+# stopped at the deadline.
 MARGIN_S = 1.5
 
 
@@ -43,40 +43,57 @@ def parallel_available(options: SolveOptions, backend: str) -> bool:
         (os.cpu_count() or 1) >= 2
 
 
+def write_decisions(path: str, decisions: Decisions) -> None:
+    """``decisions`` as JSON at ``path``, replaced atomically."""
+    data = {"keep": [sorted(k) for k in decisions.keep],
+            "recompute": [sorted(r) for r in decisions.recompute],
+            "variants": {str(e): name for e, name in decisions.variants.items()},
+            "in_place": decisions.in_place}
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f)
+    os.replace(path + ".tmp", path)
+
+
+def read_decisions(path: str) -> Decisions:
+    with open(path) as f:
+        data = json.load(f)
+    return Decisions(keep=[set(k) for k in data["keep"]],
+                     recompute=[set(r) for r in data["recompute"]],
+                     variants={int(e): name for e, name in data["variants"].items()},
+                     in_place=data["in_place"])
+
+
 def _float(text: str) -> float | None:
     x = float(text)
     return x if math.isfinite(x) else None
 
 
 class FullSolveProcess:
-    """HiGHS on ``milp`` (of a graph of ``stages`` stages) in ``planner.highs_worker``,
-    started at construction, for at most ``time_limit_s``. ``persistent`` is the problem's
-    highspy model (built here if None; the window search may re-solve it once the worker
-    has its copy). Plans travel both ways as ``Decisions``; call ``close`` (or ``stop``) to
-    end it."""
+    """HiGHS on the stage MILP of ``profile`` for ``budget`` bytes (None: the lowest-peak
+    problem) in ``planner.full_worker``, started at construction, for at most
+    ``time_limit_s``, from ``start`` if it is a point of that problem. Call ``close`` (or
+    ``stop``) to end it."""
 
-    def __init__(self, milp: StageMILP, stages: int, time_limit_s: float,
-                 options: SolveOptions, persistent: PersistentHiGHS | None = None,
-                 start: Decisions | None = None):
+    def __init__(self, profile: Profile, budget: int | None, time_limit_s: float,
+                 options: SolveOptions, start: Decisions | None = None):
         self.t0 = time.perf_counter()
-        self.milp = milp
-        self.stages = stages
-        self.persistent = persistent or PersistentHiGHS(milp.problem, options.gap,
-                                                        options.threads, options.verbose)
-        self.columns = milp.vectors.columns
         self.dir = tempfile.mkdtemp(prefix="monet-full-")
-        model = os.path.join(self.dir, "model.mps")
-        self.persistent.highs.writeModel(model)
-        # -P: not the worker's folder first on sys.path (planner/inspect.py would shadow inspect)
-        command = [sys.executable, "-P", WORKER, model, "--dir", self.dir,
+        profile_path = os.path.join(self.dir, "profile.json")
+        profile.save(profile_path)
+        # -P and an explicit path: the package importable wherever we run, and nothing in
+        # the working directory shadowing a module.
+        root = os.path.dirname(os.path.dirname(WORKER))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-P", WORKER, profile_path, "--dir", self.dir,
                    "--time-limit", repr(max(time_limit_s - MARGIN_S, 0.5)),
-                   "--gap", repr(options.gap)]
-        if options.threads:
-            command += ["--threads", str(options.threads)]
-        if start is not None and milp.represents(start):
-            np.save(os.path.join(self.dir, "start.npy"),
-                    milp.vectors.values(start)[:self.columns])
-            command += ["--start", os.path.join(self.dir, "start.npy")]
+                   "--gap", repr(options.gap), "--variants", options.variants]
+        command += ["--lowest"] if budget is None else ["--budget", str(budget)]
+        # One thread: the other core is this process's.
+        command += ["--threads", str(options.threads or 1)]
+        if start is not None:
+            write_decisions(os.path.join(self.dir, "start.json"), start)
+            command += ["--start", os.path.join(self.dir, "start.json")]
         if options.verbose:
             command.append("--verbose")
         self.lock = threading.Lock()
@@ -87,7 +104,7 @@ class FullSolveProcess:
         self._other: deque[str] = deque(maxlen=20)  # anything else it wrote (an error)
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=None if options.verbose else
-            subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         log.info("full MILP started in process %d with %.1f s", self.process.pid, time_limit_s)
@@ -98,7 +115,7 @@ class FullSolveProcess:
             with self.lock:
                 try:
                     self._parse(line)
-                except ValueError:  # not a line of the protocol (an error message)
+                except ValueError:  # not a line of the protocol (a warning, an error)
                     self._other.append(line.rstrip())
 
     def _parse(self, line: str) -> None:
@@ -128,37 +145,25 @@ class FullSolveProcess:
     def proved_optimal(self) -> bool:
         return self.done is not None and self.done[0] == "optimal"
 
-    def take_solution(self) -> tuple[float, np.ndarray] | None:
-        """The newest solution found since the last call (objective, column values)."""
+    def take_plan(self) -> tuple[float, Decisions] | None:
+        """The newest plan found since the last call, and its objective."""
         with self.lock:
             found, self._solution = self._solution, None
         if found is None:
             return None
         try:
-            return found[0], np.load(found[1])
-        except (OSError, ValueError) as e:  # removed by close(), or a partial file
-            log.warning("full MILP solution %s unreadable: %s", found[1], e)
+            return found[0], read_decisions(found[1])
+        except (OSError, ValueError, KeyError) as e:  # removed by stop()
+            log.warning("full MILP plan %s unreadable: %s", found[1], e)
             return None
-
-    def take_plan(self) -> tuple[float, Decisions] | None:
-        """The newest plan found since the last call, and its objective."""
-        found = self.take_solution()
-        if found is None:
-            return None
-        for v, x in zip(self.persistent.variables, found[1].tolist()):
-            v.varValue = x
-        return found[0], self.milp.decisions(self.stages)
 
     def offer(self, decisions: Decisions) -> None:
-        """Give the worker a plan found here, to prune its search with (ignored if it is no
-        point of the worker's problem)."""
-        if self.finished or decisions.in_place != self.milp.in_place or \
-                not self.milp.represents(decisions):
+        """Give the worker a plan found here, to prune its search with (it ignores a plan
+        that is no point of its problem)."""
+        if self.finished:
             return
-        path = os.path.join(self.dir, "offer.npy")
         try:
-            np.save(path + ".tmp.npy", self.milp.vectors.values(decisions)[:self.columns])
-            os.replace(path + ".tmp.npy", path)
+            write_decisions(os.path.join(self.dir, "offer.json"), decisions)
         except OSError as e:  # the worker is gone and its folder with it
             log.debug("offer not written: %s", e)
 

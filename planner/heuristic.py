@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pulp
 
-from .formulation import StageMILP, build_stage_milp
+from .formulation import build_stage_milp
 from .graph import PlannerGraph
 from .schedule import Decisions
 
@@ -86,25 +86,17 @@ def module_block_candidates(graph: PlannerGraph, variants: dict[int, str] | None
 
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
                            thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99),
-                           time_limit_s: float = 30.0, variants: str = "all",
-                           milp: StageMILP | None = None
+                           time_limit_s: float = 30.0, variants: str = "all"
                            ) -> tuple[list[Decisions], float | None]:
     """Checkpoint plans from the LP relaxation: ops whose outputs the LP keeps after the
     forward pass to at least a threshold become checkpoints; variants the LP chooses to at
     least one half are chosen. Also returns the LP's optimum, a lower bound on the MILP's
-    (None if the LP was not solved). ``milp``: that problem, already built (relaxed for
-    the solve, its categories restored after)."""
-    if milp is None:
-        milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
-                                variants=variants)
-    categories = [(v, v.cat) for v in milp.problem.variables()]
-    for v, _ in categories:
+    (None if the LP was not solved)."""
+    milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
+                            variants=variants)
+    for v in milp.problem.variables():
         v.cat = pulp.LpContinuous
-    try:
-        milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
-    finally:
-        for v, cat in categories:
-            v.cat = cat
+    milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
     if milp.problem.sol_status != pulp.LpSolutionOptimal:
         # HiGHS reports status "Optimal" with a time-limited solution: say what stopped it.
         log.info("LP relaxation not solved to optimality in %.0f s (%s)", time_limit_s,

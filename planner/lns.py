@@ -45,13 +45,12 @@ def _stage_spans(milp: StageMILP, graph: PlannerGraph) -> tuple[np.ndarray, np.n
 
 def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, backend: str,
                        options: SolveOptions, time_budget_s: float, window: int = 16,
-                       step_limit_s: float = 3.0, persistent: PersistentHiGHS | None = None,
-                       full: FullSolveProcess | None = None) -> tuple[Decisions, int]:
+                       step_limit_s: float = 3.0, full: FullSolveProcess | None = None
+                       ) -> tuple[Decisions, int]:
     """Improve ``start`` (a point of ``milp``) by re-solving windows of ``window`` stages
     with everything else fixed, until ``time_budget_s`` is spent. A sweep over the backward
     pass that finds nothing better doubles the window (a larger neighbourhood); the search
-    ends when a window spanning every stage finds nothing. ``persistent`` is the HiGHS model
-    to re-solve (built here if None and the backend is HiGHS). With ``full`` (the full MILP
+    ends when a window spanning every stage finds nothing. With ``full`` (the full MILP
     solving in another process) its plans are taken up between windows and the window
     search's are offered to it; the search ends when it proves optimality. Returns the best
     decisions and the number of improving windows (or plans taken up)."""
@@ -66,7 +65,8 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     best_obj = vectors.objective_of(best_x)
     deadline = time.perf_counter() + time_budget_s
     improved = 0
-    if persistent is None and backend == "highs":  # one model, re-solved with changed bounds
+    persistent = None
+    if backend == "highs":  # one model, re-solved with changed bounds
         persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
                                      options.verbose)
 

@@ -185,9 +185,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     if not heuristic_only and parallel_available(options, backend):
         # The full MILP solves in a second process from now on: its bound and plans gain
         # the time the heuristics take here (planner.full_solve).
-        full = FullSolveProcess(build_stage_milp(graph, times, budget_bytes,
-                                                 variants=options.variants),
-                                len(graph.stages), deadline - time.perf_counter(), options)
+        full = FullSolveProcess(profile, budget_bytes, deadline - time.perf_counter(), options)
     try:
         fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp = \
             _budgeted_search(profile, graph, budget_bytes, backend, options, hints,
@@ -251,8 +249,7 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     candidates, the LP bound, and the MILP search's problem, outcome, plan and objective."""
     candidates, lp_bound = heuristic_candidates(profile, graph, budget_bytes,
                                                 options.time_limit_s / 4, options.variants,
-                                                lp=not heuristic_only,
-                                                milp=full.milp if full is not None else None)
+                                                lp=not heuristic_only)
     hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
     candidates += [evaluate(profile, graph, d) for d in hints
                    if uses_only_variants(graph, options.variants, d)]

@@ -1,0 +1,150 @@
+"""The full stage MILP in its own process, beside the window search (``planner.full_solve``).
+
+Loads the profile the planner saved, builds the stage MILP for ``--budget`` (or the
+lowest-peak problem with ``--lowest``) on its own core, solves it with HiGHS, and reports
+on stderr, one line each:
+
+* ``PROGRESS <seconds> <incumbent> <bound>`` (at most every ``--every`` seconds; ``nan``
+  where there is none yet);
+* ``SOLUTION <objective> <path>``: an improving plan, saved as decisions (JSON); the path
+  is the rest of the line;
+* ``DONE <status> <objective> <bound> <seconds>`` at the end.
+
+Plans the planner finds meanwhile, written as decisions to ``<dir>/offer.json`` (replaced
+atomically), are given to HiGHS as user solutions when they are points of this problem, so
+its tree search prunes with the best plan either side has. Plans travel as decisions, not
+column vectors, so the planner never builds this problem itself.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from dataclasses import replace
+
+
+def _emit(*fields: object) -> None:
+    print(*fields, file=sys.stderr, flush=True)
+
+
+def _number(x: float | None) -> str:
+    return repr(float(x)) if x is not None and math.isfinite(x) else "nan"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("profile")
+    parser.add_argument("--dir", required=True, help="where plans are exchanged")
+    parser.add_argument("--time-limit", type=float, required=True,
+                        help="seconds from the start of this process")
+    parser.add_argument("--budget", type=int, help="bytes (else --lowest)")
+    parser.add_argument("--lowest", action="store_true", help="minimise the peak")
+    parser.add_argument("--variants", default="all")
+    parser.add_argument("--gap", type=float, default=1e-4)
+    parser.add_argument("--start", help="decisions (JSON) to start from")
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--every", type=float, default=0.5)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    t0 = time.perf_counter()
+
+    import highspy
+    import numpy as np
+
+    from planner.candidates import planner_graph
+    from planner.formulation import build_stage_milp
+    from planner.full_solve import read_decisions, write_decisions
+    from planner.window_highs import PersistentHiGHS
+    from profiler.ir import Profile
+
+    profile = Profile.load(args.profile)
+    graph = planner_graph(profile)
+    stages = len(graph.stages)
+    milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], args.budget,
+                            minimize_peak=args.lowest, variants=args.variants)
+    model = PersistentHiGHS(milp.problem, args.gap, args.threads, args.verbose)
+    h = model.highs
+    columns = milp.vectors.columns
+
+    def point(path: str):
+        """The column values of the decisions in ``path``, or None if they are no point.
+        Writes in place only lower the memory rows, so a plan without them is a point of a
+        problem with them."""
+        decisions = replace(read_decisions(path), in_place=milp.in_place)
+        if not milp.represents(decisions):
+            return None
+        return milp.vectors.values(decisions)[:columns]
+
+    def elapsed() -> float:
+        return time.perf_counter() - t0
+
+    h.setOptionValue("time_limit", max(args.time_limit - elapsed(), 0.1))
+    if args.start:
+        values = point(args.start)
+        if values is not None:
+            solution = highspy.HighsSolution()
+            solution.col_value = values.tolist()
+            solution.value_valid = True
+            h.setSolution(solution)
+
+    offer = os.path.join(args.dir, "offer.json")
+    state = {"report": -math.inf, "found": 0, "offer": 0, "best": math.inf}
+
+    def progress(event) -> None:
+        d = event.data_out
+        if elapsed() - state["report"] >= args.every:
+            state["report"] = elapsed()
+            _emit("PROGRESS", _number(elapsed()), _number(d.mip_primal_bound),
+                  _number(d.mip_dual_bound))
+
+    def save(values, objective: float) -> None:
+        for v, x in zip(model.variables, values):
+            v.varValue = float(x)
+        state["found"] += 1
+        state["best"] = objective
+        path = os.path.join(args.dir, f"found_{state['found']}.json")
+        write_decisions(path, milp.decisions(stages))
+        _emit("SOLUTION", _number(objective), path)
+
+    def improving(event) -> None:
+        save(np.asarray(event.data_out.mip_solution), event.data_out.mip_primal_bound)
+        state["report"] = -math.inf
+        progress(event)
+
+    def user_solution(event) -> None:
+        try:
+            changed = os.stat(offer).st_mtime_ns
+        except FileNotFoundError:
+            return
+        if changed == state["offer"]:
+            return
+        state["offer"] = changed
+        values = point(offer)
+        if values is not None:
+            event.data_in.setSolution(values)
+            event.data_in.user_has_solution = True
+
+    h.cbMipInterrupt.subscribe(progress)
+    h.cbMipImprovingSolution.subscribe(improving)
+    h.cbMipUserSolution.subscribe(user_solution)
+    h.run()
+    model_status = h.getModelStatus()
+    info = h.getInfo()
+    found = info.primal_solution_status >= 2
+    if model_status == highspy.HighsModelStatus.kOptimal:
+        status = "optimal"
+    elif model_status == highspy.HighsModelStatus.kInfeasible:
+        status = "infeasible"
+    else:
+        status = "feasible" if found else "no_solution"
+    if found and info.objective_function_value < state["best"] - 1e-12:
+        # The final plan is reported even if no callback saw it (e.g. the MIP start).
+        save(h.getSolution().col_value, info.objective_function_value)
+    _emit("DONE", status, _number(info.objective_function_value if found else math.nan),
+          _number(info.mip_dual_bound), _number(elapsed()))
+
+
+if __name__ == "__main__":
+    main()
