@@ -1,5 +1,6 @@
 """The MILP stage of a budgeted solve: the full stage MILP warm-started from the best plan
-found so far, then window-by-window improvement (``planner.lns``) until the deadline.
+found so far, then window-by-window improvement (``planner.lns``) until the deadline, beside
+the full MILP in a second process (``planner.full_solve``) when there is one.
 
 A first solve of the MILP without writes in place (a better start, when HiGHS's heuristics
 stalled on the rows with them) was dropped on 2026-12-02: with the time-directed search
@@ -11,7 +12,6 @@ worth more to the windows. Eight 60 s solves with and without it: ResNet-50 +8.5
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import replace
 
@@ -105,33 +105,36 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     """The window search on ``milp`` from ``start`` (or, without one, from the full MILP's
     first plan, waited for up to COLD_SHARE of the time) beside ``full`` until
     ``deadline``."""
-    decisions, first = None, None
+    # A short full solve here first, as in one process: HiGHS's heuristics around a
+    # checkpoint plan find what windows take many steps for (ResNet-50 at 0.3 in 27 s:
+    # +17.2 % with it, +20.6-21.3 % from the start alone), the worker's problem may not
+    # contain the start (deeper recomputations than its candidates), and small problems are
+    # proved (or refuted) at once, while the worker still imports torch and builds its own.
     if start is not None:
-        # A short full solve from the start first, as in one process: HiGHS's heuristics
-        # around a checkpoint plan find what windows take many steps for (ResNet-50 at 0.3
-        # in 27 s: +17.2 % with it, +20.6-21.3 % from the start alone), and the worker's
-        # problem may not contain the start (deeper recomputations than its candidates).
         milp.set_start(start.decisions)
-        first = solve_problem(milp.problem, "highs", replace(
-            options, time_limit_s=LNS_SHARE * (deadline - time.perf_counter()),
-            warm_start=True))
-        decisions = start.decisions
-        if first.has_solution:
-            found = milp.decisions(len(graph.stages))
-            x = milp.vectors.values(found)
-            if milp.vectors.objective_of(x) < milp.objective_of(decisions) and \
-                    milp.vectors.largest_row(x) <= milp.budget:
-                decisions = found
+    first = solve_problem(milp.problem, "highs", replace(
+        options, time_limit_s=LNS_SHARE * (deadline - time.perf_counter()),
+        warm_start=start is not None))
+    decisions = start.decisions if start is not None else None
+    if first.has_solution:
+        found = milp.decisions(len(graph.stages))
+        x = milp.vectors.values(found)
+        if milp.vectors.largest_row(x) <= milp.budget and (
+                decisions is None or
+                milp.vectors.objective_of(x) < milp.objective_of(decisions)):
+            decisions = found
+    if decisions is not None:
         full.offer(decisions)
+    proved_here = first.status in ("optimal", "infeasible")
     wait_until = time.perf_counter() + COLD_SHARE * (deadline - time.perf_counter())
-    while decisions is None and not full.finished and time.perf_counter() < wait_until:
+    while decisions is None and not proved_here and not full.finished and \
+            time.perf_counter() < wait_until:
         found = full.take_plan()  # no plan to start the windows from: wait for one
         if found is not None:
             decisions = found[1]
         else:
             time.sleep(0.05)
     steps = 0
-    proved_here = first is not None and first.status == "optimal"
     if decisions is not None and not full.finished and not proved_here:
         decisions, steps = improve_by_windows(
             milp, graph, decisions, "highs", options, deadline - time.perf_counter(),
@@ -139,8 +142,10 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     outcome, last = full.close(deadline - time.perf_counter()
                                if decisions is not None and not proved_here else 0.0)
     if proved_here:  # nothing left for the worker to find
-        outcome = replace(first, bound=max(first.bound if first.bound is not None else
-                                           -math.inf, outcome.bound or -math.inf))
+        bounds = [b for b in (first.bound, outcome.bound) if b is not None]
+        outcome = replace(first, bound=max(bounds) if bounds else None)
+        if first.status == "infeasible":
+            return milp, outcome, None, None
     if last is not None and milp.represents(last[1]):
         x = milp.vectors.values(last[1])
         if decisions is None or (milp.vectors.objective_of(x) < milp.objective_of(decisions)
