@@ -139,7 +139,10 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
         decisions, steps = improve_by_windows(
             milp, graph, decisions, "highs", options, deadline - time.perf_counter(),
             full=full)
-    outcome, last = full.close(deadline - time.perf_counter()
+    # The window search ends early only when it has converged (a window spanning every
+    # stage found nothing) or the worker proved its plan: then the solve ends, as in one
+    # process, with the bound the worker has reached.
+    outcome, last = full.close(min(deadline - time.perf_counter(), 1.0)
                                if decisions is not None and not proved_here else 0.0)
     if proved_here:  # nothing left for the worker to find
         bounds = [b for b in (first.bound, outcome.bound) if b is not None]
