@@ -109,14 +109,26 @@ def solve_cpsat(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
                 if options.verbose:
                     log.info("cpsat: %s", line.rstrip())
 
+    # Only the relay reads stderr and only the collector reads stdout: communicate() would
+    # read stderr too and take PROGRESS lines away from the relay.
+    answer: list[str] = []
     reader = threading.Thread(target=relay, daemon=True)
+    collector = threading.Thread(target=lambda: answer.append(proc.stdout.read()), daemon=True)
     reader.start()
+    collector.start()
     try:
-        out, _ = proc.communicate(json.dumps(data), timeout=options.time_limit_s + 60)
+        proc.stdin.write(json.dumps(data))
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass  # the worker died before reading its model: reported below
+    try:
+        proc.wait(timeout=options.time_limit_s + 60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
+        proc.wait()
+    collector.join(timeout=5)
     reader.join(timeout=5)
+    out = "".join(answer)
     if proc.returncode != 0 or not out:
         tail = "; ".join(e for e in errors if e.strip())[-500:]
         raise RuntimeError(f"the CP-SAT worker failed (exit {proc.returncode}): {tail}")
