@@ -151,19 +151,20 @@ def _lowest_peak_beside(profile: Profile, graph: PlannerGraph, milp: StageMILP,
     from the unoptimised plan; here, beside it, the peak-directed search and then windows
     from the lowest point found, taking up the worker's plans."""
     limit = options.time_limit_s
+    # A short solve here first: small problems are proved at once (VGG-16: 1 s; 8-9 s
+    # when the worker, which imports torch and builds its own problem, had to prove it),
+    # and then the worker is not started at all.
+    milp.set_start(candidates[0].decisions)
+    first = solve_problem(milp.problem, "highs", replace(
+        options, warm_start=True, time_limit_s=0.1 * limit))
+    found = list(candidates)
+    if first.has_solution:
+        found.append(evaluate(profile, graph, milp.decisions(len(graph.stages))))
+    if first.status == "optimal":
+        return min(found, key=lambda e: e.result.peak_bytes), first
     full = FullSolveProcess(profile, None, deadline - time.perf_counter(), options,
                             start=candidates[0].decisions)
     try:
-        # A short solve here first: small problems are proved at once (VGG-16: 1 s; 8-9 s
-        # when the worker, which imports torch and builds its own problem, had to prove it).
-        milp.set_start(candidates[0].decisions)
-        first = solve_problem(milp.problem, "highs", replace(
-            options, warm_start=True, time_limit_s=0.1 * limit))
-        found = list(candidates)
-        if first.has_solution:
-            found.append(evaluate(profile, graph, milp.decisions(len(graph.stages))))
-        if first.status == "optimal":
-            return min(found, key=lambda e: e.result.peak_bytes), first
         found.append(peak_search_from(profile, graph, replace(
             options, time_limit_s=min(0.4 * limit, deadline - time.perf_counter())), found))
         start = _lowest_point(milp, found)

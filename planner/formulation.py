@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import pulp
 
 from .graph import PlannerGraph
@@ -93,6 +94,16 @@ class StageMILP:
     def objective_of(self, decisions: Decisions) -> float:
         """The objective's value at ``decisions``."""
         return self.vectors.objective_of(self.vectors.values(decisions))
+
+    def improves(self, x: np.ndarray, incumbent: float | None) -> bool:
+        """Whether the point ``x`` (``vectors.values``) has an objective below ``incumbent``
+        (None: any) and its memory rows, re-checked in bytes (the solver's are in MiB,
+        within its tolerances), within the budget."""
+        if incumbent is not None:
+            objective = self.vectors.objective_of(x)
+            if objective >= incumbent - 1e-9 * max(1.0, abs(incumbent)):
+                return False
+        return self.budget is None or self.vectors.largest_row(x) <= self.budget
 
     def evaluate_peak(self, decisions: Decisions) -> int:
         """The memory the formulation claims for ``decisions``: its largest memory row."""

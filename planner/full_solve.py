@@ -34,13 +34,17 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "full_worker.p
 # at the clock), so that it ends on its own and reports its final bound rather than being
 # stopped at the deadline.
 MARGIN_S = 1.5
+# Below this time limit the worker does not run: it spends ~3 s importing torch and
+# building its problem and stops MARGIN_S early, so it would have a few seconds at most,
+# while its start and stop cost every solve ~1 s (the test suite's 5 s solves: +90-130 s).
+PARALLEL_MIN_LIMIT_S = 15.0
 
 
 def parallel_available(options: SolveOptions, backend: str) -> bool:
-    """Whether the full MILP can run in a process of its own: HiGHS, a second core, and the
-    user did not ask for one thread."""
+    """Whether the full MILP can run in a process of its own: HiGHS, a second core, a time
+    limit of at least PARALLEL_MIN_LIMIT_S, and the user did not ask for one thread."""
     return backend == "highs" and options.parallel and options.threads != 1 and \
-        (os.cpu_count() or 1) >= 2
+        options.time_limit_s >= PARALLEL_MIN_LIMIT_S and (os.cpu_count() or 1) >= 2
 
 
 def write_decisions(path: str, decisions: Decisions) -> None:

@@ -92,6 +92,8 @@ class PlannerGraph:
     needs_of_choice: dict[tuple[int, str], set[int]] = field(default_factory=dict)
     stage_needs_any: list[set[int]] = field(default_factory=list)  # under any choice
     _need_any_cache: dict[int, set[int]] = field(default_factory=dict, repr=False)
+    _planned_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
+    _op_inputs_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, nodes: list[NodeRecord], storage_bytes: dict[int, int],
@@ -208,10 +210,16 @@ class PlannerGraph:
                 self.backward_last_use[n] = END
 
     # ----------------------------------------------------------------------- queries
-    def planned_storages(self, index: int) -> set[int]:
-        """Storages of a node that the planner decides about (not constant, not pinned)."""
-        return {s for s in self.nodes[index].storages if s in self.creator
-                and s not in self.pinned_storages}
+    def planned_storages(self, index: int) -> frozenset[int]:
+        """Storages of a node that the planner decides about (not constant, not pinned).
+        Cached: asked millions of times while schedules are built, and fixed once
+        ``_classify`` has run."""
+        cached = self._planned_cache.get(index)
+        if cached is None:
+            cached = frozenset(s for s in self.nodes[index].storages if s in self.creator
+                               and s not in self.pinned_storages)
+            self._planned_cache[index] = cached
+        return cached
 
     def ops(self) -> list[int]:
         """Forward nodes that allocate planned storages: the ones that can be recomputed
@@ -233,12 +241,14 @@ class PlannerGraph:
             dag.add_edges_from((i, n) for i in self.nodes[n].inputs if i in fwd)
         return dag
 
-    def op_inputs(self, index: int) -> set[int]:
-        """Planned storages a forward op reads."""
-        out: set[int] = set()
-        for i in self.nodes[index].inputs:
-            out |= self.planned_storages(i)
-        return out
+    def op_inputs(self, index: int) -> frozenset[int]:
+        """Planned storages a forward op reads (cached)."""
+        cached = self._op_inputs_cache.get(index)
+        if cached is None:
+            cached = frozenset().union(*(self.planned_storages(i)
+                                         for i in self.nodes[index].inputs))
+            self._op_inputs_cache[index] = cached
+        return cached
 
     def planned_needs(self, e: int, variant: str = "") -> set[int]:
         """Planned storages executed node ``e`` reads when it runs ``variant`` ("" for the

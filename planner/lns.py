@@ -73,11 +73,8 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     def better(candidate: Decisions, where: str) -> bool:
         nonlocal best, best_x, best_obj, improved
         x = vectors.values(candidate)
-        objective = vectors.objective_of(x)
-        # Re-checked in bytes: the solver's rows are in MiB, within its tolerances.
-        if objective < best_obj - 1e-9 * max(1.0, abs(best_obj)) and (
-                milp.budget is None or vectors.largest_row(x) <= milp.budget):
-            best, best_x, best_obj = candidate, x, objective
+        if milp.improves(x, best_obj):
+            best, best_x, best_obj = candidate, x, vectors.objective_of(x)
             improved += 1
             log.info("%s: objective %.6g", where, best_obj)
             return True

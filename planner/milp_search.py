@@ -98,6 +98,10 @@ def _checked(profile: Profile, graph: PlannerGraph, decisions: Decisions, budget
     return None
 
 
+def _objective(milp: StageMILP, decisions: Decisions | None) -> float | None:
+    return None if decisions is None else milp.objective_of(decisions)
+
+
 def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: SolveOptions,
             start: Evaluation | None, fitting: list[Evaluation], deadline: float,
             full: FullSolveProcess
@@ -118,10 +122,7 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     decisions = start.decisions if start is not None else None
     if first.has_solution:
         found = milp.decisions(len(graph.stages))
-        x = milp.vectors.values(found)
-        if milp.vectors.largest_row(x) <= milp.budget and (
-                decisions is None or
-                milp.vectors.objective_of(x) < milp.objective_of(decisions)):
+        if milp.improves(milp.vectors.values(found), _objective(milp, decisions)):
             decisions = found
     if decisions is not None:
         full.offer(decisions)
@@ -149,11 +150,9 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
         outcome = replace(first, bound=max(bounds) if bounds else None)
         if first.status == "infeasible":
             return milp, outcome, None, None
-    if last is not None and milp.represents(last[1]):
-        x = milp.vectors.values(last[1])
-        if decisions is None or (milp.vectors.objective_of(x) < milp.objective_of(decisions)
-                                 and milp.vectors.largest_row(x) <= milp.budget):
-            decisions = last[1]
+    if last is not None and milp.represents(last[1]) and \
+            milp.improves(milp.vectors.values(last[1]), _objective(milp, decisions)):
+        decisions = last[1]
     if decisions is None:
         return milp, outcome, None, None
     objective = milp.objective_of(decisions)

@@ -173,9 +173,10 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             if newly:
                 dead |= newly
                 _free_where(graph, env, local, steps, k, lambda p: p <= dead)
+                local = [m for m in local if m in env]  # freed ones need no more looks
         # Before the backward phase: free what its first node cannot read and is not kept.
         _free_where(graph, env, sorted(env), steps, k,
-                    lambda p: not (p & needed) and not (p & nxt))
+                    lambda p: p.isdisjoint(needed) and p.isdisjoint(nxt))
         for j, e in enumerate(stage):
             runs = impl[e].impl if e in impl else e
             for i in nodes[runs].inputs:
@@ -187,7 +188,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                     env.discard(m)
                     steps.append(Step("free", m, k))
             if j == 0:  # only a stage's first node reads forward tensors
-                _free_where(graph, env, sorted(env), steps, k, lambda p: not (p & nxt))
+                _free_where(graph, env, sorted(env), steps, k, lambda p: p.isdisjoint(nxt))
         for m in sorted(env):
             planned = nodes[m].role in FORWARD_ROLES or m in graph.derivable
             if planned and (m in graph.derivable or not held(m, nxt)):

@@ -23,6 +23,12 @@ from planner.solve import planner_graph
 needs_two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core")
 
 
+@pytest.fixture(autouse=True)
+def worker_at_short_limits(monkeypatch):
+    """These tests run the worker at limits under PARALLEL_MIN_LIMIT_S, to stay short."""
+    monkeypatch.setattr(full_solve_module, "PARALLEL_MIN_LIMIT_S", 0.0)
+
+
 def test_plans_travel_both_ways():
     """The worker builds the problem from the profile; a plan offered to it comes back as
     its incumbent (or a better one), as decisions that are a point of the same problem
@@ -120,6 +126,10 @@ def test_an_error_in_the_search_stops_the_worker(monkeypatch):
 
 
 def test_one_process_when_asked_or_on_one_core(monkeypatch):
+    monkeypatch.setattr(full_solve_module, "PARALLEL_MIN_LIMIT_S", 15.0)
+    assert full_solve_module.parallel_available(SolveOptions(time_limit_s=15), "highs") == \
+        ((os.cpu_count() or 1) >= 2)
+    assert not full_solve_module.parallel_available(SolveOptions(time_limit_s=10), "highs")
     assert not full_solve_module.parallel_available(SolveOptions(parallel=False), "highs")
     assert not full_solve_module.parallel_available(SolveOptions(threads=1), "highs")
     assert not full_solve_module.parallel_available(SolveOptions(), "cbc")
