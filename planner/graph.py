@@ -94,6 +94,8 @@ class PlannerGraph:
     _need_any_cache: dict[int, set[int]] = field(default_factory=dict, repr=False)
     _planned_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
     _op_inputs_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
+    _unfixed_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
+    _freeable: frozenset[int] | None = field(default=None, repr=False)
 
     @classmethod
     def build(cls, nodes: list[NodeRecord], storage_bytes: dict[int, int],
@@ -240,6 +242,27 @@ class PlannerGraph:
         for n in self.forward:
             dag.add_edges_from((i, n) for i in self.nodes[n].inputs if i in fwd)
         return dag
+
+    def freeable_nodes(self) -> frozenset[int]:
+        """Forward (and derivable) nodes with planned storages: the ones a schedule frees
+        when what it plans no longer needs them (cached)."""
+        if self._freeable is None:
+            self._freeable = frozenset(
+                n.index for n in self.nodes
+                if (n.role in FORWARD_ROLES or n.index in self.derivable)
+                and self.planned_storages(n.index))
+        return self._freeable
+
+    def unfixed_storages(self, index: int) -> frozenset[int]:
+        """Storages of a node that are neither constant nor pinned (cached): the node is
+        held exactly when these are."""
+        cached = self._unfixed_cache.get(index)
+        if cached is None:
+            cached = frozenset(s for s in self.nodes[index].storages
+                               if s not in self.constant_storages
+                               and s not in self.pinned_storages)
+            self._unfixed_cache[index] = cached
+        return cached
 
     def op_inputs(self, index: int) -> frozenset[int]:
         """Planned storages a forward op reads (cached)."""

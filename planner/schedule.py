@@ -81,13 +81,12 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
         raise ScheduleError(f"decisions for {len(decisions.keep)} stages, graph has "
                             f"{len(graph.stages)}")
     sched = Schedule(variants=dict(decisions.variants))
-    fixed = graph.constant_storages | graph.pinned_storages
     nodes = graph.nodes
     impl = {site: graph.variant(site, name) for site, name in decisions.variants.items()}
     packs_run = {v.pack for v in impl.values() if v.pack is not None}
 
     def held(n: int, kept: set[int]) -> bool:
-        return all(s in kept or s in fixed for s in nodes[n].storages)
+        return graph.unfixed_storages(n) <= kept
 
     # Forward pass: run in order, free each node after its last forward use unless kept.
     kept0 = decisions.keep[0] if decisions.keep else set()
@@ -209,12 +208,8 @@ def _free_where(graph: PlannerGraph, env: set[int], candidates: list[int], steps
                 stage: int, dead) -> None:
     """Free the forward (and derivable) nodes among ``candidates`` held in ``env`` whose
     planned storages are non-empty and satisfy ``dead``."""
+    freeable = graph.freeable_nodes()
     for m in candidates:
-        if m not in env:
-            continue
-        if graph.nodes[m].role not in FORWARD_ROLES and m not in graph.derivable:
-            continue
-        planned = graph.planned_storages(m)
-        if planned and dead(planned):
+        if m in env and m in freeable and dead(graph.planned_storages(m)):
             env.discard(m)
             steps.append(Step("free", m, stage))
