@@ -74,6 +74,13 @@ class SolveOutcome:
         return self.status in ("optimal", "feasible")
 
 
+def tightest_bound(*bounds: float | None) -> float | None:
+    """The largest of the lower bounds that are known (None if none is): bounds of the same
+    minimisation from different solves or relaxations."""
+    known = [b for b in bounds if b is not None]
+    return max(known) if known else None
+
+
 def _outcome(problem: pulp.LpProblem, seconds: float, bound: float | None) -> SolveOutcome:
     sol = problem.sol_status
     if sol == pulp.LpSolutionOptimal:

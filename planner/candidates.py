@@ -16,7 +16,7 @@ from typing import Iterable
 
 from profiler.ir import Profile
 
-from .backends import SolveOptions, SolveOutcome, solve_problem
+from .backends import SolveOptions, SolveOutcome, solve_problem, tightest_bound
 from .formulation import StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
@@ -177,8 +177,7 @@ def _lowest_peak_beside(profile: Profile, graph: PlannerGraph, milp: StageMILP,
         outcome, last = full.close(deadline - time.perf_counter())
     finally:
         full.stop()
-    bounds = [b for b in (first.bound, outcome.bound) if b is not None]
-    outcome = replace(outcome, bound=max(bounds) if bounds else None)
+    outcome = replace(outcome, bound=tightest_bound(first.bound, outcome.bound))
     if steps:
         found.append(evaluate(profile, graph, decisions))
     if last is not None:

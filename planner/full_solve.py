@@ -35,8 +35,8 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "full_worker.p
 # stopped at the deadline.
 MARGIN_S = 1.5
 # Below this time limit the worker does not run: it spends ~3 s importing torch and
-# building its problem and stops MARGIN_S early, so it would have a few seconds at most,
-# while its start and stop cost every solve ~1 s (the test suite's 5 s solves: +90-130 s).
+# building its problem and stops MARGIN_S early, so it would have a few seconds at most
+# for the cost of a process start.
 PARALLEL_MIN_LIMIT_S = 15.0
 
 

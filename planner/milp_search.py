@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from profiler.ir import Profile
 
-from .backends import SolveOptions, SolveOutcome, solve_problem
+from .backends import SolveOptions, SolveOutcome, solve_problem, tightest_bound
 from .budget import format_bytes
 from .candidates import Evaluation, evaluate
 from .formulation import StageMILP, build_stage_milp
@@ -146,8 +146,7 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     outcome, last = full.close(min(deadline - time.perf_counter(), 1.0)
                                if decisions is not None and not proved_here else 0.0)
     if proved_here:  # nothing left for the worker to find
-        bounds = [b for b in (first.bound, outcome.bound) if b is not None]
-        outcome = replace(first, bound=max(bounds) if bounds else None)
+        outcome = replace(first, bound=tightest_bound(first.bound, outcome.bound))
         if first.status == "infeasible":
             return milp, outcome, None, None
     if last is not None and milp.represents(last[1]) and \

@@ -8,7 +8,7 @@ from typing import Sequence
 
 from profiler.ir import Profile
 
-from .backends import SolveOptions
+from .backends import SolveOptions, tightest_bound
 from .budget import format_bytes, parse_budget
 from .candidates import (
     Evaluation,
@@ -227,8 +227,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     from_solver = best is from_milp
     objective = objective_of_milp if from_solver else best.result.time_s - base.result.time_s
     # The better of the solver's bound and the LP relaxation's (same problem).
-    bounds = [b for b in (outcome.bound if outcome else None, lp_bound) if b is not None]
-    bound = max(bounds) if bounds else None
+    bound = tightest_bound(outcome.bound if outcome else None, lp_bound)
     gap = None
     if bound is not None:
         gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)
