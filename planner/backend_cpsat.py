@@ -137,4 +137,6 @@ def solve_cpsat(problem: pulp.LpProblem, options: SolveOptions) -> SolveOutcome:
         for v, value, s in zip(variables, result["values"], scale):
             v.varValue = value / s
     bound = result["bound"] / obj_scale + constant if result["bound"] is not None else None
+    if result["values"] is not None:  # the final state, if no PROGRESS line reported it
+        progress.update(pulp.value(problem.objective), bound, result["seconds"])
     return outcome_of(problem, result["status"], result["seconds"], bound)
