@@ -63,7 +63,8 @@ def main() -> None:
     graph = planner_graph(profile)
     stages = len(graph.stages)
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], args.budget,
-                            minimize_peak=args.lowest, variants=args.variants)
+                            minimize_peak=args.lowest, variants=args.variants,
+                            recompute_cuts=True)
     model = PersistentHiGHS(milp.problem, args.gap, args.threads, args.verbose)
     h = model.highs
     columns = milp.vectors.columns

@@ -20,7 +20,7 @@ def describe_plan(plan: Plan, top: int = 15) -> str:
         f"step time      {plan.predicted_time_s * 1e3:.3f} ms predicted, "
         f"{plan.baseline_time_s * 1e3:.3f} ms unoptimised ({overhead:+.2%})",
         f"solver         {s.name}: {s.status} in {s.solve_time_s:.2f} s"
-        + (f", gap {s.gap:.2%}" if s.gap is not None else "")
+        + (f", {plan.gap_text()}" if plan.gap_text() else "")
         + (f", {s.variables} variables, {s.constraints} constraints" if s.variables else ""),
         f"stages         {len(plan.keep)} backward stages",
     ]

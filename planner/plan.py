@@ -68,6 +68,25 @@ class Plan:
     workspace_bytes: dict[str, int] = field(default_factory=dict)
     schema_version: int = PLAN_SCHEMA_VERSION
 
+    @property
+    def step_gap(self) -> float | None:
+        """The gap measured on the whole step rather than on the extra time: (objective -
+        bound) / (unoptimised step + objective), how far above the fastest step that fits
+        this plan's may be (MONeT's and Checkmate's objective is the whole step's compute
+        time). ``solver.gap`` is the stricter (objective - bound) / objective. None
+        without a bound."""
+        s = self.solver
+        if s.objective is None or s.bound is None or s.gap is None:
+            return None
+        step = self.baseline_time_s + s.objective
+        return 0.0 if step <= 0 else max(0.0, (s.objective - s.bound) / step)
+
+    def gap_text(self) -> str:
+        """The two gaps as one phrase ("" without a bound)."""
+        if self.step_gap is None:
+            return ""
+        return f"gap {self.solver.gap:.1%} of the extra time ({self.step_gap:.2%} of the step)"
+
     def decisions(self) -> Decisions:
         return Decisions(keep=[set(k) for k in self.keep],
                          recompute=[set(r) for r in self.recompute],

@@ -65,7 +65,7 @@ def _solve(args: argparse.Namespace) -> None:
     plan = solve(profile, args.budget, backend=args.solver, options=options)
     plan.save(args.output)
     overhead = plan.predicted_time_s / plan.baseline_time_s - 1 if plan.baseline_time_s else 0
-    gap = "" if plan.solver.gap is None else f", gap {plan.solver.gap:.1%}"
+    gap = f", {plan.gap_text()}" if plan.gap_text() else ""
     print(f"{args.output}: budget {format_bytes(plan.budget_bytes)}, predicted peak "
           f"{format_bytes(plan.predicted_peak_bytes)} (unoptimised "
           f"{format_bytes(plan.baseline_peak_bytes)}), time overhead {overhead:+.1%}, "

@@ -107,6 +107,12 @@ def test_lower_budget_costs_time_and_solver_reports_gap(gpt_case):
     assert tight.predicted_time_s >= loose.predicted_time_s >= loose.baseline_time_s
     assert tight.solver.bound is not None and tight.solver.gap is not None
     assert 0 <= tight.solver.gap <= 1
+    # The same bound on the whole step: the lowest step time it allows, against the plan's.
+    fastest = tight.baseline_time_s + tight.solver.bound
+    step = tight.baseline_time_s + tight.solver.objective
+    assert tight.step_gap == pytest.approx((step - fastest) / step, abs=1e-12)
+    assert tight.step_gap <= tight.solver.gap
+    assert f"{tight.step_gap:.2%} of the step" in tight.gap_text()
     assert tight.solver_peak_bytes == tight.predicted_peak_bytes
     # The solver's objective is the simulator's extra time when the solver's plan is kept.
     extra = tight.predicted_time_s - tight.baseline_time_s
