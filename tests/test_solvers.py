@@ -13,8 +13,7 @@ from conftest import assert_same_step, model_case, plan_is_exact, train_step
 from planner import solve
 from planner.backends import SolveOptions, solve_problem
 from planner.formulation import build_stage_milp
-from planner.heuristic import (checkpoint_decisions, module_block_candidates,
-                               structural_candidates)
+from planner.heuristic import checkpoint_decisions, module_block_candidates, structural_candidates
 from planner.lns import improve_by_windows
 from planner.progress import relative_gap
 from planner.schedule import all_variants, baseline_decisions, build_schedule
