@@ -31,6 +31,7 @@ from .graph import PlannerGraph
 from .in_place import allowed_writes
 from .memory_rows import MIB_SCALE, AuxVariable, forward_memory_rows, stage_memory_rows
 from .milp_vectors import MilpVectors
+from .recompute_cuts import recomputation_cuts
 from .schedule import Decisions
 
 
@@ -148,7 +149,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     ``variants`` says which operator variants the plan may use, and which writes in place
     (``planner.in_place``) unless ``in_place`` says otherwise: all, exact or none.
     ``recompute_cuts`` adds rows that tighten the LP relaxation without cutting off a plan
-    (``_add_recompute_cuts``): a stronger bound, at the price of larger LPs."""
+    (``planner.recompute_cuts``): a stronger bound, at the price of larger LPs."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
@@ -232,8 +233,8 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
         if k + 1 < K and (k + 1, s) in S and S[k + 1, s] is not v:
             prob += S[k + 1, s] <= avail(k, s), f"carry_{k}_{s}"
     if recompute_cuts:
-        _add_recompute_cuts(prob, graph, S, R)
-        _add_choice_cuts(prob, graph, S, R, sites)
+        for cut in recomputation_cuts(graph, S, R, sites):
+            prob += cut
     # A pack's output exists only if one of its variants is chosen.
     for p, vs in graph.packs.items():
         for s in graph.nodes[p].new_storages:
@@ -275,92 +276,3 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     return milp
 
 
-
-def _add_recompute_cuts(prob: pulp.LpProblem, graph: PlannerGraph,
-                        S: dict[tuple[int, int], pulp.LpVariable],
-                        R: dict[tuple[int, int], pulp.LpVariable]) -> None:
-    """Cuts that stop the LP relaxation from gaining a storage bit by bit.
-
-    Let f be the first stage that may recompute op o. Storage t made by o can be held at
-    stage b+1 without being held at f only if o was recomputed at some stage j in f..b,
-    which needs each input s of o at j: held then, so held at f or recomputed at some stage
-    in f..j. So ``S[b+1][t] <= S[f][t] + S[f][s] + sum_{f<=j<=b} R[j][creator(s)]`` at every
-    plan. The relaxation otherwise holds a small fraction of s all along and recomputes that
-    fraction of o at many stages, gathering most of t for the price of a sliver of s (the
-    carry and dependency rows allow it stage by stage). On ResNet-50 at 1/3 of its peak
-    they raise the LP bound from +2.80 % to +3.71 % of the step and HiGHS's bound after 60 s
-    from +4.42 % to +6.09 % (``bench/results/solve_bench.md``)."""
-    stages_of = _stages_by_op(R)
-    for o, ks in stages_of.items():
-        made = [t for t in graph.nodes[o].new_storages if graph.creator.get(t) == o]
-        if not made:
-            continue
-        first = ks[0]
-        for s in graph.op_inputs(o):
-            c = graph.creator.get(s)
-            source_stages = stages_of.get(c, []) if c is not None else []
-            for t in made:
-                if (first, t) not in S:
-                    continue
-                for b in range(first, len(graph.stages) - 1):
-                    if (b + 1, t) not in S:
-                        break
-                    if S[b + 1, t] is S[b, t]:
-                        continue
-                    source = pulp.lpSum(R[j, c] for j in source_stages if first <= j <= b)
-                    if (first, s) in S:
-                        source += S[first, s]
-                    prob += S[b + 1, t] <= S[first, t] + source, f"gain_{b}_{t}_{s}"
-
-
-def _stages_by_op(R: dict[tuple[int, int], pulp.LpVariable]) -> dict[int, list[int]]:
-    """The stages that may recompute each op, ascending."""
-    stages: dict[int, list[int]] = {}
-    for (k, o) in sorted(R):
-        stages.setdefault(o, []).append(k)
-    return stages
-
-
-def _add_choice_cuts(prob: pulp.LpProblem, graph: PlannerGraph,
-                     S: dict[tuple[int, int], pulp.LpVariable],
-                     R: dict[tuple[int, int], pulp.LpVariable], sites: dict) -> None:
-    """Cuts for a variant site whose every option reads storage s or a storage t made
-    from s (by op o reading s; a batch norm's backward reads its input s or its output t):
-    whichever runs, s is held or recomputed at some stage from f (the earliest first stage
-    of the o's, at most the site's stage k) to k, unless t was held at o's first stage f_t:
-    ``S[f][s] + sum_{f<=j<=k} R[j][creator(s)] + sum_t S[f_t][t] >= 1``. The relaxation
-    otherwise splits the choice, holds half of s for the original and recomputes half of t
-    from that same half (see ``_add_recompute_cuts`` for the argument on t)."""
-    stages_of = _stages_by_op(R)
-    first = {o: ks[0] for o, ks in stages_of.items()}
-    stage_of = {e: k for k, nodes in enumerate(graph.stages) for e in nodes}
-    made_from: dict[int, list[int]] = {}  # storage s -> storages made by ops reading s
-    for o in first:
-        for s in graph.op_inputs(o):
-            made_from.setdefault(s, []).extend(
-                t for t in graph.nodes[o].new_storages if graph.creator.get(t) == o)
-    for e, vs in sites.items():
-        k = stage_of[e]
-        options = [_storages(graph, graph.needs_of_choice[e, ""])] + \
-            [_storages(graph, graph.needs_of_choice[e, v.name]) for v in vs]
-        for s in set().union(*options) - set.intersection(*options):
-            made = [t for t in made_from.get(s, ()) if first[graph.creator[t]] <= k]
-            via: set[int] = set()
-            for needs in options:
-                if s in needs:
-                    continue
-                found = [t for t in made if t in needs]
-                if not found:
-                    break
-                via.add(found[0])
-            else:
-                if not via:
-                    continue
-                f = min([k] + [first[graph.creator[t]] for t in via])
-                c = graph.creator.get(s)
-                held = pulp.lpSum(S[first[graph.creator[t]], t] for t in via
-                                  if (first[graph.creator[t]], t) in S)
-                source = pulp.lpSum(R[j, c] for j in stages_of.get(c, ()) if f <= j <= k)
-                if (f, s) in S:
-                    source += S[f, s]
-                prob += source + held >= 1, f"choice_{e}_{s}"

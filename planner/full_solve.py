@@ -129,6 +129,9 @@ class FullSolveProcess:
         elif fields[:1] == ["SOLUTION"] and len(fields) == 3:
             self._solution = (float(fields[1]), fields[2].rstrip("\n"))
             self._note(float(fields[1]), None)
+        elif fields[:1] == ["CUTS"] and len(fields) == 4:
+            log.info("full MILP: %s of %s recomputation cuts added in %.1f s", fields[1],
+                     fields[2], float(fields[3]))
         elif fields[:1] == ["DONE"] and len(fields) == 5:
             self._note(_float(fields[2]), _float(fields[3]))
             self.done = (fields[1], _float(fields[2]), _float(fields[3]), float(fields[4]))

@@ -228,6 +228,11 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     objective = objective_of_milp if from_solver else best.result.time_s - base.result.time_s
     # The better of the solver's bound and the LP relaxation's (same problem).
     bound = tightest_bound(outcome.bound if outcome else None, lp_bound)
+    if bound is not None and bound > objective + 1e-9 * max(1.0, abs(objective)):
+        # No plan is cheaper than a lower bound: the plan lies outside the problem the bound
+        # is for (it recomputes deeper than its candidates) or the solver misreported.
+        log.warning("bound %.6g above the plan's objective %.6g: not reported", bound, objective)
+        bound = lp_bound if lp_bound is not None and lp_bound <= objective else None
     gap = None
     if bound is not None:
         gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)

@@ -1,0 +1,170 @@
+"""Recomputation cuts: rows valid at every plan that tighten the stage MILP's LP relaxation.
+
+The relaxation of ``planner.formulation`` is weak in two ways these rows close:
+
+* *Gathering*: it holds a sliver of a tensor s all along and recomputes that sliver of the
+  op o that reads s at stage after stage, so o's output t is gathered nearly whole for the
+  price of the sliver (each step obeys the carry and dependency rows).
+* *Split choices*: at a variant site whose options read s or t (a batch norm's backward
+  reads its input or its output), it splits the choice, holds half of s for the original
+  and lets the same half recompute t for the variant.
+
+On ResNet-50 at 1/3 of its peak they raise the LP bound from +2.80 % to +5.76 % of the
+step. ``separate`` adds only the rows an LP solution violates, round after round, to a
+HiGHS model: all of them (~9K on ResNet-50) slowed HiGHS's proof on the U-Net at 1/2 from
+39 s to over 60 s.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pulp
+
+from .graph import PlannerGraph
+
+log = logging.getLogger(__name__)
+
+
+def recomputation_cuts(graph: PlannerGraph, S: dict[tuple[int, int], pulp.LpVariable],
+                       R: dict[tuple[int, int], pulp.LpVariable], sites: dict
+                       ) -> list[pulp.LpConstraint]:
+    """The gathering and split-choice cuts of a problem with keep variables ``S``,
+    recompute variables ``R`` and variant ``sites`` (site -> its variants), named."""
+    stages_of: dict[int, list[int]] = {}
+    for (k, o) in sorted(R):
+        stages_of.setdefault(o, []).append(k)
+    return _gathering_cuts(graph, S, R, stages_of) + \
+        _choice_cuts(graph, S, R, sites, stages_of)
+
+
+def _made_by(graph: PlannerGraph, o: int) -> list[int]:
+    return [t for t in graph.nodes[o].new_storages if graph.creator.get(t) == o]
+
+
+def _gathering_cuts(graph: PlannerGraph, S: dict, R: dict,
+                    stages_of: dict[int, list[int]]) -> list[pulp.LpConstraint]:
+    """Let f be the first stage that may recompute op o. Storage t made by o can be held at
+    stage b+1 without being held at f only if o was recomputed at some stage j in f..b,
+    which needs each input s of o at j: held then, so held at f or recomputed at some stage
+    in f..j. So ``S[b+1][t] <= S[f][t] + S[f][s] + sum_{f<=j<=b} R[j][creator(s)]``."""
+    cuts = []
+    for o, ks in stages_of.items():
+        made = _made_by(graph, o)
+        first = ks[0]
+        for s in graph.op_inputs(o) if made else ():
+            c = graph.creator.get(s)
+            sources = stages_of.get(c, []) if c is not None else []
+            for t in made:
+                if (first, t) not in S:
+                    continue
+                for b in range(first, len(graph.stages) - 1):
+                    if (b + 1, t) not in S:
+                        break
+                    if S[b + 1, t] is S[b, t]:
+                        continue
+                    source = pulp.lpSum(R[j, c] for j in sources if first <= j <= b)
+                    if (first, s) in S:
+                        source += S[first, s]
+                    cut = S[b + 1, t] <= S[first, t] + source
+                    cut.name = f"gain_{b}_{t}_{s}"
+                    cuts.append(cut)
+    return cuts
+
+
+def _choice_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
+                 stages_of: dict[int, list[int]]) -> list[pulp.LpConstraint]:
+    """For a variant site at stage k whose every option reads storage s or a storage t made
+    from s (by an op o reading s): whichever runs, s is held or recomputed at some stage
+    from f (the earliest first stage of the o's, at most k) to k, unless t was held at o's
+    first stage f_t: ``S[f][s] + sum_{f<=j<=k} R[j][creator(s)] + sum_t S[f_t][t] >= 1``
+    (the argument on t is the gathering cut's)."""
+    first = {o: ks[0] for o, ks in stages_of.items()}
+    stage_of = {e: k for k, nodes in enumerate(graph.stages) for e in nodes}
+    made_from: dict[int, list[int]] = {}  # storage s -> storages made by ops reading s
+    for o in first:
+        for s in graph.op_inputs(o):
+            made_from.setdefault(s, []).extend(_made_by(graph, o))
+    cuts = []
+    for e, vs in sites.items():
+        k = stage_of[e]
+        options = [graph.planned_needs(e, "")] + [graph.planned_needs(e, v.name) for v in vs]
+        for s in set().union(*options) - set.intersection(*options):
+            made = [t for t in made_from.get(s, ()) if first[graph.creator[t]] <= k]
+            via: set[int] = set()
+            for needs in options:
+                if s in needs:
+                    continue
+                found = [t for t in made if t in needs]
+                if not found:
+                    break
+                via.add(found[0])
+            else:
+                if not via:
+                    continue
+                f = min([k] + [first[graph.creator[t]] for t in via])
+                c = graph.creator.get(s)
+                held = pulp.lpSum(S[first[graph.creator[t]], t] for t in via
+                                  if (first[graph.creator[t]], t) in S)
+                source = pulp.lpSum(R[j, c] for j in stages_of.get(c, ()) if f <= j <= k)
+                if (f, s) in S:
+                    source += S[f, s]
+                cut = source + held >= 1
+                cut.name = f"choice_{e}_{s}"
+                cuts.append(cut)
+    return cuts
+
+
+def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int = 10,
+             tolerance: float = 1e-6) -> int:
+    """Add to the HiGHS model ``highs`` (built from the problem by PuLP, so every variable
+    has its column ``index``) the cuts its LP relaxation violates, re-solving the LP after
+    each round until none is violated, ``rounds`` rounds were made or ``deadline``
+    (``time.perf_counter()``) has passed. The model's integrality is restored. Returns how
+    many cuts were added."""
+    import highspy
+    if not cuts:
+        return 0
+    rows = [(np.array([v.index for v in c.keys()], dtype=np.int32),
+             np.array(list(c.values()), dtype=float), -c.constant, c.sense) for c in cuts]
+    n = highs.getNumCol()
+    columns = np.arange(n, dtype=np.int32)
+    integrality = np.array(highs.getLp().integrality_, dtype=np.uint8)
+    highs.changeColsIntegrality(n, columns, np.zeros(n, dtype=np.uint8))
+    pending = list(range(len(rows)))
+    added = 0
+    try:
+        for r in range(rounds):
+            if time.perf_counter() >= deadline:
+                break
+            highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.1))
+            highs.run()
+            if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+                break
+            x = np.asarray(highs.getSolution().col_value)
+            violated, kept = [], []
+            for i in pending:
+                idx, coef, rhs, sense = rows[i]
+                lhs = float(coef @ x[idx])
+                bad = lhs > rhs + tolerance if sense == pulp.LpConstraintLE else \
+                    lhs < rhs - tolerance
+                (violated if bad else kept).append(i)
+            log.info("cut round %d: LP %.6g, %d of %d cuts violated", r,
+                     highs.getInfo().objective_function_value, len(violated), len(pending))
+            if not violated:
+                break
+            for i in violated:
+                idx, coef, rhs, sense = rows[i]
+                low = rhs if sense == pulp.LpConstraintGE else -highspy.kHighsInf
+                high = rhs if sense == pulp.LpConstraintLE else highspy.kHighsInf
+                highs.addRow(low, high, len(idx), idx, coef)
+            added += len(violated)
+            pending = kept
+    finally:
+        highs.changeColsIntegrality(n, columns, integrality)
+        # Without this the branch and bound starts from the last LP's solution: HiGHS then
+        # runs a sub-MIP around it whose callbacks report that sub-MIP's bound as the MIP's
+        # dual bound (on MobileNet-V2 at 1/4: 3.27 against plans of 3.15 found later).
+        highs.clearSolver()
+    return added
