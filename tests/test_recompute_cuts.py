@@ -63,8 +63,9 @@ def _lp_bound(h: highspy.Highs) -> float:
 
 
 def test_separated_cuts_raise_the_lp_bound_and_keep_the_optimum(gpt_case):
-    """On the GPT at 0.75 of its peak (chains of 3 recomputed ops): the violated cuts are added, the LP bound rises, the
-    columns are integer again afterwards, and the MILP's optimum is the one without cuts."""
+    """On the GPT at 0.75 of its peak (chains of 3 recomputed ops): the violated cuts are
+    added, the LP bound rises, the columns are integer again afterwards, and the MILP's
+    optimum is the one without cuts."""
     graph = planner_graph(gpt_case.profile)
     times = [n.time_s for n in gpt_case.profile.nodes]
     peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
