@@ -14,6 +14,7 @@ from typing import Callable
 import pulp
 
 from .progress import ProgressLog
+from .window_highs import use_highs_threads
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ class _WarmHiGHS(pulp.HiGHS):
 
         lp.solverModel.cbMipImprovingSolution.subscribe(report)
         lp.solverModel.cbMipInterrupt.subscribe(report)  # called periodically
+        use_highs_threads(self.threads)
         lp.solverModel.run()
 
 

@@ -15,6 +15,7 @@ import pulp
 from .formulation import build_stage_milp
 from .graph import PlannerGraph
 from .schedule import Decisions
+from .window_highs import use_highs_threads
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
                             variants=variants)
     for v in milp.problem.variables():
         v.cat = pulp.LpContinuous
+    use_highs_threads(None)
     milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
     if milp.problem.sol_status != pulp.LpSolutionOptimal:
         # HiGHS reports status "Optimal" with a time-limited solution: say what stopped it.

@@ -13,6 +13,23 @@ import pulp
 
 log = logging.getLogger(__name__)
 
+# HiGHS sizes one thread scheduler per process at its first run; a later run that asks for
+# another number of threads fails (status kError, no solution, nothing raised) until the
+# scheduler is reset. The count the scheduler was last set up for by this module:
+_scheduler_threads: object = "unset"
+
+
+def use_highs_threads(threads: int | None) -> None:
+    """Make the next in-process HiGHS run with ``threads`` threads (None: HiGHS's default)
+    work after runs with another count in this process (a solve with the default and a
+    window search with one thread, say). Runs are sequential in this package, so no run is
+    in flight while the scheduler is reset."""
+    global _scheduler_threads
+    if threads != _scheduler_threads:
+        import highspy
+        highspy.Highs.resetThreadScheduler(False)
+        _scheduler_threads = threads
+
 
 class PersistentHiGHS:
     """``problem`` loaded into one highspy model; ``solve`` re-solves it with some variables
@@ -20,6 +37,8 @@ class PersistentHiGHS:
 
     def __init__(self, problem: pulp.LpProblem, gap: float, threads: int | None,
                  verbose: bool = False):
+        self.threads = threads
+        use_highs_threads(threads)
         solver = pulp.HiGHS(msg=verbose, gapRel=gap, threads=threads)
         solver.createAndConfigureSolver(problem)
         solver.buildSolverModel(problem)  # sets every variable's column index
@@ -49,6 +68,7 @@ class PersistentHiGHS:
         solution.value_valid = True
         self.highs.setSolution(solution)
         self.highs.setOptionValue("time_limit", float(max(time_limit_s, 0.1)))
+        use_highs_threads(self.threads)
         self.highs.run()
         info = self.highs.getInfo()
         if info.primal_solution_status < 2:  # 2: feasible

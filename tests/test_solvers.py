@@ -122,6 +122,24 @@ def test_every_solve_reports_a_bound_and_gap(gpt_case):
     assert s.gap == pytest.approx(relative_gap(s.objective, s.bound), abs=1e-9)
 
 
+@pytest.mark.parametrize("counts", [(None, 1), (2, 1), (1, 2)])
+def test_highs_solves_after_runs_with_another_thread_count(counts):
+    """HiGHS sizes one thread scheduler per process: a run asking for another number of
+    threads failed without a word (no solution) until the scheduler is reset, as after a
+    solve with HiGHS's default threads a window search with one thread."""
+    import pulp
+
+    from planner.window_highs import PersistentHiGHS
+    for threads in counts:
+        problem = pulp.LpProblem("tiny", pulp.LpMaximize)
+        x = [pulp.LpVariable(f"x{i}", cat="Binary") for i in range(3)]
+        problem += pulp.lpSum((i + 1) * v for i, v in enumerate(x))
+        problem += pulp.lpSum(x) <= 2
+        model = PersistentHiGHS(problem, 1e-6, threads)
+        assert model.solve({}, [0.0, 0.0, 0.0], 10.0)
+        assert [v.varValue for v in x] == [0, 1, 1]
+
+
 def test_relative_gap():
     assert relative_gap(2.0, 1.0) == 0.5
     assert relative_gap(0.0, 0.0) == 0.0
