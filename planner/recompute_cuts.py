@@ -116,13 +116,23 @@ def _choice_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
     return cuts
 
 
+def _add_row(highs, row: tuple[np.ndarray, np.ndarray, float, int]) -> None:
+    import highspy
+    idx, coef, rhs, sense = row
+    low = rhs if sense == pulp.LpConstraintGE else -highspy.kHighsInf
+    high = rhs if sense == pulp.LpConstraintLE else highspy.kHighsInf
+    highs.addRow(low, high, len(idx), idx, coef)
+
+
 def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int = 10,
-             tolerance: float = 1e-6) -> int:
+             tolerance: float = 1e-6, add_rest_above: float | None = None) -> int:
     """Add to the HiGHS model ``highs`` (built from the problem by PuLP, so every variable
     has its column ``index``) the cuts its LP relaxation violates, re-solving the LP after
     each round until none is violated, ``rounds`` rounds were made or ``deadline``
-    (``time.perf_counter()``) has passed. The model's integrality is restored. Returns how
-    many cuts were added."""
+    (``time.perf_counter()``) has passed. If it stopped with more than ``add_rest_above`` of
+    the cuts it checked last still violated (far from done: its next rounds would add many),
+    all the others are added too, without re-solving. The model's integrality is restored.
+    Returns how many cuts were added."""
     import highspy
     if not cuts:
         return 0
@@ -134,6 +144,7 @@ def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int 
     highs.changeColsIntegrality(n, columns, np.zeros(n, dtype=np.uint8))
     pending = list(range(len(rows)))
     added = 0
+    violated_share = 1.0
     try:
         for r in range(rounds):
             if time.perf_counter() >= deadline:
@@ -152,15 +163,19 @@ def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int 
                 (violated if bad else kept).append(i)
             log.info("cut round %d: LP %.6g, %d of %d cuts violated", r,
                      highs.getInfo().objective_function_value, len(violated), len(pending))
+            violated_share = len(violated) / len(pending)
             if not violated:
                 break
             for i in violated:
-                idx, coef, rhs, sense = rows[i]
-                low = rhs if sense == pulp.LpConstraintGE else -highspy.kHighsInf
-                high = rhs if sense == pulp.LpConstraintLE else highspy.kHighsInf
-                highs.addRow(low, high, len(idx), idx, coef)
+                _add_row(highs, rows[i])
             added += len(violated)
             pending = kept
+        if add_rest_above is not None and violated_share > add_rest_above and pending:
+            log.info("%.0f%% of the cuts still violated when the separation stopped: adding "
+                     "the other %d", 100 * violated_share, len(pending))
+            for i in pending:
+                _add_row(highs, rows[i])
+            added += len(pending)
     finally:
         highs.changeColsIntegrality(n, columns, integrality)
         # Without this the branch and bound starts from the last LP's solution: HiGHS then

@@ -89,3 +89,19 @@ def test_separated_cuts_raise_the_lp_bound_and_keep_the_optimum(gpt_case):
         assert h.getModelStatus() == highspy.HighsModelStatus.kOptimal
         optimum[with_cuts] = h.getInfo().objective_function_value
     assert optimum[True] == pytest.approx(optimum[False], rel=1e-6)
+
+
+def test_a_separation_stopped_far_from_done_adds_the_other_cuts(gpt_case):
+    """Stopped after one round, the separation adds the other cuts only when more than the
+    given share of them was violated in that round."""
+    graph = planner_graph(gpt_case.profile)
+    times = [n.time_s for n in gpt_case.profile.nodes]
+    peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    added = {}
+    for above in (None, 0.0, 0.99):
+        milp = build_stage_milp(graph, times, int(0.75 * peak), max_recompute_depth=3)
+        h = PersistentHiGHS(milp.problem, 1e-6, 1).highs
+        cuts = recomputation_cuts(graph, milp.keep, milp.recompute, graph.variant_sites("all"))
+        added[above] = separate(h, cuts, deadline=float("inf"), rounds=1,
+                                add_rest_above=above)
+    assert 0 < added[None] == added[0.99] < added[0.0] == len(cuts)
