@@ -130,8 +130,9 @@ def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int 
     has its column ``index``) the cuts its LP relaxation violates, re-solving the LP after
     each round until none is violated, ``rounds`` rounds were made or ``deadline``
     (``time.perf_counter()``) has passed. If it stopped with more than ``add_rest_above`` of
-    the cuts it checked last still violated (far from done: its next rounds would add many),
-    all the others are added too, without re-solving. The model's integrality is restored.
+    the cuts it checked last still violated (far from done: its next rounds would add many;
+    no LP solved in time counts as all violated), all the others are added too, without
+    re-solving. The model's integrality is restored.
     Returns how many cuts were added."""
     import highspy
     if not cuts:
