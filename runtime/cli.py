@@ -163,13 +163,21 @@ def _solver_options(p: argparse.ArgumentParser, time_limit: float) -> None:
                         "beside it in a second process (for a single core)")
 
 
+VERBOSE_HELP = "log progress (-v) and the solver's own output (-vv); show tracebacks"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="monet", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log progress (-v) and the solver's own output (-vv); show tracebacks")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
+    # -v is also taken after the command (`monet solve -v`); SUPPRESS keeps the count given
+    # before it when none is given after.
+    verbose = argparse.ArgumentParser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                         help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profile", help="capture and time a model's training step")
+    p = sub.add_parser("profile", parents=[verbose],
+                       help="capture and time a model's training step")
     p.add_argument("model", help="torchvision:<name> or package.module:function")
     p.add_argument("--input", action="append", metavar="SPEC",
                    help="example input SHAPE[:DTYPE[:HIGH]], e.g. 8x3x64x64 or "
@@ -187,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="profile.json")
     p.set_defaults(run=_profile)
 
-    s = sub.add_parser("solve", help="plan keep/recompute decisions under a memory budget")
+    s = sub.add_parser("solve", parents=[verbose],
+                       help="plan keep/recompute decisions under a memory budget")
     s.add_argument("profile")
     s.add_argument("--budget", required=True,
                    help="bytes, a size (5GiB, 800MB) or a fraction in (0, 1] of the "
@@ -196,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", default="plan.json")
     s.set_defaults(run=_solve)
 
-    w = sub.add_parser("sweep", help="one plan per budget, a CSV and a memory/time plot",
+    w = sub.add_parser("sweep", parents=[verbose],
+                       help="one plan per budget, a CSV and a memory/time plot",
                        description="Solve a profile at many budgets, largest first, each "
                        "warm-started from the previous plan. The output directory keeps "
                        "every finished plan: run the same command again to resume.")
@@ -215,7 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--no-plot", action="store_true", help="write no plot")
     w.set_defaults(run=_sweep)
 
-    i = sub.add_parser("inspect", help="summarise a plan; draw its memory timeline")
+    i = sub.add_parser("inspect", parents=[verbose],
+                       help="summarise a plan; draw its memory timeline")
     i.add_argument("plan")
     i.add_argument("--top", type=int, default=15, help="how many ops to list")
     i.add_argument("--plot", metavar="PNG", help="draw memory over the training step (by "

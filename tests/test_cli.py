@@ -47,8 +47,10 @@ def test_solve_and_inspect(profile_path, tmp_path):
 @pytest.mark.parametrize("solver", ["highs", "cpsat"])
 def test_verbose_solve_shows_progress(profile_path, tmp_path, solver):
     plan = tmp_path / "plan.json"
-    r = monet("-v", "solve", str(profile_path), "--budget", "0.6", "--time-limit", "6",
-              "--solver", solver, "--variants", "exact", "-o", str(plan))
+    # -v before the command (highs) or after it, as `monet solve -v` (cpsat)
+    before, after = (["-v"], []) if solver == "highs" else ([], ["-v"])
+    r = monet(*before, "solve", *after, str(profile_path), "--budget", "0.6", "--time-limit",
+              "6", "--solver", solver, "--variants", "exact", "-o", str(plan))
     assert r.returncode == 0, r.stderr
     progress = [line for line in r.stderr.splitlines() if "incumbent" in line]
     assert progress and all("bound" in line and "gap" in line for line in progress)
@@ -102,6 +104,16 @@ def test_corrupt_files(profile_path, tmp_path):
     bad.write_text(profile_path.read_text()[:1000])
     assert "truncated or corrupt" in one_line_error(monet("solve", str(bad), "--budget", "0.5"))
     assert "truncated or corrupt" in one_line_error(monet("inspect", str(bad)))
+
+
+def test_verbose_before_or_after_the_command():
+    from runtime.cli import build_parser
+    parse = build_parser().parse_args
+    assert parse(["solve", "p.json", "--budget", "0.5"]).verbose == 0
+    assert parse(["-v", "solve", "p.json", "--budget", "0.5"]).verbose == 1
+    assert parse(["solve", "p.json", "-vv", "--budget", "0.5"]).verbose == 2
+    assert parse(["sweep", "-v"]).verbose == 1
+    assert parse(["inspect", "plan.json", "-v"]).verbose == 1
 
 
 def test_verbose_shows_traceback(tmp_path):
