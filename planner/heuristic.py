@@ -127,8 +127,10 @@ def structural_candidates(graph: PlannerGraph, times: list[float],
     ops that are expensive per byte they allocate (recompute the cheap ones). Made one at a
     time: on large graphs each plan's keep sets take tens of megabytes."""
     ops = graph.ops()
-    sets = [set(ops[i::m]) for m in range(2, 11) for i in (0, m // 2)]
+    # the cost-ordered sets first: when a short time limit cuts the list, they are the ones
+    # most often fastest (ResNet-50 at 1/3 of its peak: +101 % against +111 % or more)
     by_cost = sorted(ops, key=lambda o: times[o] / max(1, graph.new_bytes(o)))
-    sets += [set(by_cost[int(q * len(by_cost)):]) for q in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6)]
+    sets = [set(by_cost[int(q * len(by_cost)):]) for q in (0.6, 0.5, 0.4, 0.3, 0.2, 0.1)]
+    sets += [set(ops[i::m]) for m in range(2, 11) for i in (0, m // 2)]
     for checkpoints in sets:
         yield checkpoint_decisions(graph, checkpoints, variants)
