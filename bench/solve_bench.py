@@ -95,10 +95,10 @@ def render(rows, args) -> str:
         step_gap = "" if r.get("step_gap") is None else f"{r['step_gap']:.2%}"
         lines.append(
             f"| {r['model']} ({r['timing']}) | {r['nodes']} | {r['budget']} of "
-            f"{format_bytes(r['peak0'])} | {r['solver']} | {r['variables']} | "
-            f"{r['constraints']} | {r['seconds']:.1f} | {r['status']} | {_pct(r['objective'])} "
-            f"| {_pct(r['bound'])} | {gap} | {step_gap} | {format_bytes(r['predicted_peak'])} | "
-            f"{r['variants_used']} |")
+            f"{format_bytes(r['peak0'])} | {r['solver']} | {r['variables'] or ''} | "
+            f"{r['constraints'] or ''} | {r['seconds']:.1f} | {r['status']} | "
+            f"{_pct(r['objective'])} | {_pct(r['bound'])} | {gap} | {step_gap} | "
+            f"{format_bytes(r['predicted_peak'])} | {r['variants_used']} |")
     return "\n".join(lines) + "\n"
 
 

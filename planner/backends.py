@@ -7,6 +7,7 @@ plan found so far with its bound.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -78,8 +79,9 @@ class SolveOutcome:
 
 def tightest_bound(*bounds: float | None) -> float | None:
     """The largest of the lower bounds that are known (None if none is): bounds of the same
-    minimisation from different solves or relaxations."""
-    known = [b for b in bounds if b is not None]
+    minimisation from different solves or relaxations. HiGHS's -inf (stopped before it had
+    one) is no bound."""
+    known = [b for b in bounds if b is not None and math.isfinite(b)]
     return max(known) if known else None
 
 
@@ -151,7 +153,7 @@ def solve_problem(problem: pulp.LpProblem, backend: str, options: SolveOptions) 
     """Solve ``problem`` with the named backend."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown solver {backend!r}; choose one of {', '.join(BACKENDS)}")
-    log.info("solving with %s: %d variables, %d constraints, time limit %.0f s", backend,
+    log.info("solving with %s: %d variables, %d constraints, time limit %.1f s", backend,
              len(problem.variables()), len(problem.constraints), options.time_limit_s)
     outcome = BACKENDS[backend](problem, options)
     log.info("%s: %s in %.2f s, objective %s, bound %s", backend, outcome.status,

@@ -66,12 +66,13 @@ BUILD_SIZE_PER_SECOND = 20_000
 # Where one build would take more than this share of the time limit, the LP and the MILP
 # are not built: heuristic plans and the peak search answer alone.
 BUILD_MAX_SHARE = 0.5
-# LP rounding (planner.heuristic) takes about this many times the MILP's build (its build,
-# the LP and the rounded plans' simulations: 1.5-2.9x, measured 2026-12-03 on solve_bench's
-# models at 1/2 and 1/3 with a 30 s LP limit), and runs only where that is at most this
-# share of the time left: at 5 s, ResNet-50's 3.5 s of LP took the time its time-directed
-# search needed (+174 % against +38 % with the search).
-LP_COST = 2.5
+# LP rounding (planner.heuristic) takes about this many times the MILP's estimated build
+# (its build, the LP and the rounded plans' simulations: 1.4-2.9x, measured 2026-12-03 on
+# solve_bench's models at 1/2 and 1/3 with a 30 s LP limit), and runs only where that is at
+# most this share of the time left: at 5 s, ResNet-50's 3.5 s of LP took the time its
+# time-directed search needed (+174 % against +38 % with the search). 2.5 instead of 2
+# left MobileNet-V2 without a bound at 5 s.
+LP_COST = 2.0
 LP_MAX_SHARE = 0.75
 # Lowest-peak plans found in this process, per profile: later solves start from them too,
 # so a budget just above a reported smallest feasible one is solved from that plan.
@@ -141,7 +142,8 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
         ev, bound = peak_search_from(profile, graph, low_options, candidates), None
     else:
         ev, outcome = lowest_peak_search(profile, graph, backend, low_options, candidates)
-        bound = outcome.bound / MIB_SCALE if outcome.bound is not None else None
+        bound = tightest_bound(outcome.bound)
+        bound = bound / MIB_SCALE if bound is not None else None
     best, best_decisions = ev.result.peak_bytes, ev.decisions
     lo = max(bound or 0, sum(profile.storage_bytes[s] for s in graph.constant_storages))
     for probes_left in range(BISECTION_PROBES, 0, -1):

@@ -140,6 +140,14 @@ def test_highs_solves_after_runs_with_another_thread_count(counts):
         assert [v.varValue for v in x] == [0, 1, 1]
 
 
+def test_tightest_bound_ignores_unknown_bounds():
+    from planner.backends import tightest_bound
+    assert tightest_bound(None, 1.0, 2.0) == 2.0
+    assert tightest_bound(float("-inf"), 0.5) == 0.5
+    assert tightest_bound(float("-inf"), None) is None  # HiGHS stopped before a bound
+    assert tightest_bound(float("nan")) is None
+
+
 def test_relative_gap():
     assert relative_gap(2.0, 1.0) == 0.5
     assert relative_gap(0.0, 0.0) == 0.0
