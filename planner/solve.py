@@ -24,10 +24,18 @@ from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
 from .in_place import allowed_writes, in_place_summary
-from .milp_search import MILP_MIN_SHARE, milp_search
+from .milp_search import milp_search
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
 from .time_search import faster_within
+from .time_shares import (
+    estimated_build_s,
+    lp_fits,
+    milp_fits,
+    phase_s,
+    time_search_s,
+    too_large,
+)
 
 log = logging.getLogger(__name__)
 # The most of the time limit the near-miss repair may take; it stops at the first plan that
@@ -58,22 +66,6 @@ FINISH_BUILD_SHARE = 0.35
 # when the budgeted search took the rest.
 LOW_MIN_SHARE = 0.1
 BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
-# PuLP builds the stage MILP at about this many stages x forward ops a second on this
-# project's 2-core machine (2026-12-03: MobileNet-V2's 28.6K in 0.9 s, ResNet-50's 35.5K in
-# 1.2 s, GoogLeNet's 54.1K in 2.4 s, the GPT's 62.1K in 3.0 s; DenseNet-201's 880K-binary
-# problem took two minutes).
-BUILD_SIZE_PER_SECOND = 20_000
-# Where one build would take more than this share of the time limit, the LP and the MILP
-# are not built: heuristic plans and the peak search answer alone.
-BUILD_MAX_SHARE = 0.5
-# LP rounding (planner.heuristic) takes about this many times the MILP's estimated build
-# (its build, the LP and the rounded plans' simulations: 1.4-2.9x, measured 2026-12-03 on
-# solve_bench's models at 1/2 and 1/3 with a 30 s LP limit), and runs only where that is at
-# most this share of the time left: at 5 s, ResNet-50's 3.5 s of LP took the time its
-# time-directed search needed (+174 % against +38 % with the search). 2.5 instead of 2
-# left MobileNet-V2 without a bound at 5 s.
-LP_COST = 2.0
-LP_MAX_SHARE = 0.75
 # Lowest-peak plans found in this process, per profile: later solves start from them too,
 # so a budget just above a reported smallest feasible one is solved from that plan.
 _LOW_PLANS: dict[str, list[Decisions]] = {}
@@ -102,23 +94,6 @@ def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
             f"and their gradients {format_bytes(outs)}")
 
 
-def estimated_build_s(graph: PlannerGraph) -> float:
-    """Seconds PuLP takes to build the stage MILP of ``graph`` (BUILD_SIZE_PER_SECOND)."""
-    return len(graph.stages) * len(graph.ops()) / BUILD_SIZE_PER_SECOND
-
-
-def _too_large(graph: PlannerGraph, time_limit_s: float) -> bool:
-    """Whether the stage MILP would take most of ``time_limit_s`` just to build."""
-    build_s = estimated_build_s(graph)
-    if build_s > BUILD_MAX_SHARE * time_limit_s:
-        log.warning("%d stages x %d ops: the MILP would take about %.1f s to build, too long "
-                    "for a %.0f s limit; using heuristic plans and the peak search (a longer "
-                    "--time-limit lets the solver in)", len(graph.stages), len(graph.ops()),
-                    build_s, time_limit_s)
-        return True
-    return False
-
-
 def smallest_feasible_budget(profile: Profile, backend: str = "highs",
                              options: SolveOptions | None = None) -> tuple[int, float | None]:
     """The peak of the lowest-memory plan found, and a lower bound (bytes) on the peak of
@@ -132,7 +107,7 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     options = options or SolveOptions()
     t0 = time.perf_counter()
     graph = planner_graph(profile)
-    heuristic_only = _too_large(graph, options.time_limit_s)
+    heuristic_only = too_large(graph, options.time_limit_s)
     candidates, _ = heuristic_candidates(profile, graph, None, options.time_limit_s / 8,
                                 options.variants, lp=not heuristic_only)
     candidates += [evaluate(profile, graph, d) for d in _LOW_PLANS.get(profile.graph_hash, [])
@@ -201,7 +176,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                                   options.variants).evaluate_peak(base.decisions)
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
-    heuristic_only = _too_large(graph, options.time_limit_s)
+    heuristic_only = too_large(graph, options.time_limit_s)
     deadline = t0 + options.time_limit_s - reserve
     full = None
     if not heuristic_only and parallel_available(options, backend):
@@ -225,7 +200,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         left = 0.95 * (t0 + options.time_limit_s - reserve - time.perf_counter())
         low_options = replace(options, time_limit_s=max(left, LOW_MIN_SHARE *
                                                         options.time_limit_s))
-        if heuristic_only or not _time_to_build(
+        if heuristic_only or not milp_fits(
                 graph, options, time.perf_counter() + low_options.time_limit_s,
                 "lowest-peak MILP"):
             lowest = peak_search_from(profile, graph, low_options, candidates)
@@ -275,72 +250,36 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     """Heuristic plans, their repair and the time-directed search, then the MILP search
     (``planner.milp_search``) until ``deadline``. Returns the plans that fit, the heuristic
     candidates, the LP bound, and the MILP search's problem, outcome, plan and objective."""
-    now = time.perf_counter()
-    lp = not heuristic_only and LP_COST * estimated_build_s(graph) <= LP_MAX_SHARE * (
-        deadline - now)
-    if not heuristic_only and not lp:
-        log.info("no LP rounding: it would take about %.1f s of the %.1f s left",
-                 LP_COST * estimated_build_s(graph), deadline - now)
     candidates, lp_bound = heuristic_candidates(
         profile, graph, budget_bytes, options.time_limit_s / 4, options.variants,
-        lp=lp, deadline=deadline)
+        lp=not heuristic_only and lp_fits(graph, deadline), deadline=deadline)
     hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
     candidates += [evaluate(profile, graph, d) for d in hints
                    if uses_only_variants(graph, options.variants, d)]
     log.info("%d heuristic plans", len(candidates))
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
     fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
-                                   _share(REPAIR_SHARE, options, deadline))
+                                   phase_s(REPAIR_SHARE, options, deadline))
     log.info("%d plans fit", len(fitting))
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     if start is not None and full is not None:
         full.offer(start.decisions)
     if start is not None:
         found = faster_within(profile, graph, start.decisions, budget_bytes,
-                              _time_search_s(graph, options, deadline, heuristic_only),
+                              time_search_s(graph, options, deadline, heuristic_only,
+                                            TIME_SEARCH_SHARE),
                               graph.variant_sites(options.variants))
         if found is not None and found.result.time_s < start.result.time_s:
             start = found
             fitting.append(start)
     milp, outcome, from_milp, objective_of_milp = None, None, None, None
     if not heuristic_only and full is None and \
-            not _time_to_build(graph, options, deadline, "MILP search"):
+            not milp_fits(graph, options, deadline, "MILP search"):
         heuristic_only = True  # (beside the full solve, the search collects its plans)
     if not heuristic_only:
         milp, outcome, from_milp, objective_of_milp = milp_search(
             profile, graph, budget_bytes, backend, options, start, fitting, deadline, full)
     return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
-
-
-def _share(share: float, options: SolveOptions, deadline: float) -> float:
-    """Seconds for a search phase: ``share`` of the time limit, and at most half the time
-    left before ``deadline`` (which binds at short limits only)."""
-    return max(0.0, min(share * options.time_limit_s, 0.5 * (deadline - time.perf_counter())))
-
-
-def _time_search_s(graph: PlannerGraph, options: SolveOptions, deadline: float,
-                   heuristic_only: bool) -> float:
-    """Seconds for the time-directed search: TIME_SEARCH_SHARE of the limit and of the time
-    left, or all the time left where the MILP search could not follow it (its build and
-    least share would not fit; the GPT at 10 s stopped its search after 0.5 s, +59.0 %
-    against +49.8 % at 5 s)."""
-    left = max(0.0, deadline - time.perf_counter())
-    share = _share(TIME_SEARCH_SHARE, options, deadline)
-    milp_s = estimated_build_s(graph) + MILP_MIN_SHARE * options.time_limit_s
-    return left if heuristic_only or left - share < milp_s else share
-
-
-def _time_to_build(graph: PlannerGraph, options: SolveOptions, deadline: float,
-                   what: str) -> bool:
-    """Whether the time left before ``deadline`` holds building the stage MILP and solving
-    it for the least share of the limit it is given; logs why not."""
-    left = deadline - time.perf_counter()
-    build_s = estimated_build_s(graph)
-    if left >= build_s + MILP_MIN_SHARE * options.time_limit_s:
-        return True
-    log.info("no %s: %.1f s left, the MILP takes about %.1f s to build", what, max(left, 0),
-             build_s)
-    return False
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None

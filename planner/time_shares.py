@@ -1,0 +1,90 @@
+"""How a solve's time limit is divided among its phases, from the stage MILP's estimated
+build time: whether the LP and the MILP are built at all, whether LP rounding and the MILP
+search fit in the time left, and how long the search phases may run. These bind at short
+limits (a 5 s solve of the GPT took 17 s before); at the default 60 s every phase runs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+from .backends import SolveOptions
+from .graph import PlannerGraph
+from .milp_search import MILP_MIN_SHARE
+
+log = logging.getLogger(__name__)
+# PuLP builds the stage MILP at about this many stages x forward ops a second on this
+# project's 2-core machine (2026-12-03: MobileNet-V2's 28.6K in 0.9 s, ResNet-50's 35.5K in
+# 1.2 s, GoogLeNet's 54.1K in 2.4 s, the GPT's 62.1K in 3.0 s; DenseNet-201's 880K-binary
+# problem took two minutes).
+BUILD_SIZE_PER_SECOND = 20_000
+# Where one build would take more than this share of the time limit, the LP and the MILP
+# are not built: heuristic plans and the peak search answer alone.
+BUILD_MAX_SHARE = 0.5
+# LP rounding (planner.heuristic) takes about this many times the MILP's estimated build
+# (its build, the LP and the rounded plans' simulations: 1.4-2.9x, measured 2026-12-03 on
+# solve_bench's models at 1/2 and 1/3 with a 30 s LP limit), and runs only where that is at
+# most this share of the time left: at 5 s, ResNet-50's 3.5 s of LP took the time its
+# time-directed search needed (+174 % against +38 % with the search). 2.5 instead of 2
+# left MobileNet-V2 without a bound at 5 s.
+LP_COST = 2.0
+LP_MAX_SHARE = 0.75
+
+
+def estimated_build_s(graph: PlannerGraph) -> float:
+    """Seconds PuLP takes to build the stage MILP of ``graph`` (BUILD_SIZE_PER_SECOND)."""
+    return len(graph.stages) * len(graph.ops()) / BUILD_SIZE_PER_SECOND
+
+
+def too_large(graph: PlannerGraph, time_limit_s: float) -> bool:
+    """Whether the stage MILP would take most of ``time_limit_s`` just to build; logs it."""
+    build_s = estimated_build_s(graph)
+    if build_s > BUILD_MAX_SHARE * time_limit_s:
+        log.warning("%d stages x %d ops: the MILP would take about %.1f s to build, too long "
+                    "for a %.0f s limit; using heuristic plans and the peak search (a longer "
+                    "--time-limit lets the solver in)", len(graph.stages), len(graph.ops()),
+                    build_s, time_limit_s)
+        return True
+    return False
+
+
+def lp_fits(graph: PlannerGraph, deadline: float) -> bool:
+    """Whether LP rounding (LP_COST builds' time) fits in LP_MAX_SHARE of the time left
+    before ``deadline`` (``time.perf_counter()``); logs why not."""
+    left, lp_s = deadline - time.perf_counter(), LP_COST * estimated_build_s(graph)
+    if lp_s <= LP_MAX_SHARE * left:
+        return True
+    log.info("no LP rounding: it would take about %.1f s of the %.1f s left", lp_s, left)
+    return False
+
+
+def phase_s(share: float, options: SolveOptions, deadline: float) -> float:
+    """Seconds for a search phase: ``share`` of the time limit, and at most half the time
+    left before ``deadline`` (which binds at short limits only)."""
+    return max(0.0, min(share * options.time_limit_s, 0.5 * (deadline - time.perf_counter())))
+
+
+def _milp_s(graph: PlannerGraph, options: SolveOptions) -> float:
+    """The least time the MILP search takes: its build and its least share of the limit."""
+    return estimated_build_s(graph) + MILP_MIN_SHARE * options.time_limit_s
+
+
+def time_search_s(graph: PlannerGraph, options: SolveOptions, deadline: float,
+                  heuristic_only: bool, share: float) -> float:
+    """Seconds for the time-directed search: ``share`` of the limit (``phase_s``), or all
+    the time left where the MILP search could not follow it (the GPT at 10 s stopped its
+    search after 0.5 s, +59.0 % against +49.8 % at 5 s)."""
+    left = max(0.0, deadline - time.perf_counter())
+    search_s = phase_s(share, options, deadline)
+    return left if heuristic_only or left - search_s < _milp_s(graph, options) else search_s
+
+
+def milp_fits(graph: PlannerGraph, options: SolveOptions, deadline: float, what: str) -> bool:
+    """Whether the time left before ``deadline`` holds building the stage MILP and solving
+    it for the least share of the limit it is given; logs why not (``what``: the search)."""
+    left = deadline - time.perf_counter()
+    if left >= _milp_s(graph, options):
+        return True
+    log.info("no %s: %.1f s left, the MILP takes about %.1f s to build", what, max(left, 0),
+             estimated_build_s(graph))
+    return False
