@@ -30,6 +30,13 @@ log = logging.getLogger(__name__)
 # window at 32 for the rest of a 60 s solve; the 64-stage windows a 900 s run reached then
 # took it to 5.16 s in four steps.
 SWEEP_MIN_GAIN = 0.01
+# In the first sweep the worker's plan is taken up only when its objective is under this
+# share of the best here: from a start far worse than the worker's plan the first sweep
+# rarely catches up (ResNet-50 at 0.4 of its peak, 27 s: windows from the 22.8 s start
+# found 0.7 s in 9 s beside the worker's 14.9 s plan; +14.2 % against +12.2 % when taken
+# up), while from one close to it it can reach a better basin (GoogLeNet at 1/3: 12.1 s
+# start, 9.7 s worker plan, below).
+FIRST_SWEEP_TAKE_UP = 0.75
 
 
 def _stage_spans(milp: StageMILP, graph: PlannerGraph) -> tuple[np.ndarray, np.ndarray]:
@@ -59,10 +66,11 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     ends when a window spanning every stage finds nothing. With ``full`` (the full MILP
     solving in another process) its plans are taken up between windows from the second
     sweep on, and the window search's are offered to it; the search ends when it proves
-    optimality. The first sweep keeps to ``start``: a lower objective is not a better place
-    to search from (GoogLeNet at 1/3 of its peak: windows from the worker's 9.67 s plan
-    ended at 8.06 s, from the 12.11 s start at 4.01 s, in the same 60 s solve). Returns the
-    best decisions and the number of improving windows (or plans taken up)."""
+    optimality. The first sweep keeps to ``start`` unless the worker's plan is far better
+    (``FIRST_SWEEP_TAKE_UP``): a lower objective is not a better place to search from
+    (GoogLeNet at 1/3 of its peak: windows from the worker's 9.67 s plan ended at 8.06 s,
+    from the 12.11 s start at 4.01 s, in the same 60 s solve). Returns the best decisions
+    and the number of improving windows (or plans taken up)."""
     K = len(graph.stages)
     vectors = milp.vectors
     first, last = _stage_spans(milp, graph)
@@ -91,15 +99,21 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
 
     progress = ProgressLog("highs")
 
+    held: tuple[float, Decisions] | None = None  # the worker's newest plan, not taken up
+
     def take_up(first_sweep: bool) -> None:
-        """The full MILP's newest plan, if better (in the first sweep only a proven
-        optimum); progress of both searches."""
+        """The full MILP's newest plan, if better (in the first sweep only a proven optimum
+        or one far better than the best here); progress of both searches."""
+        nonlocal held
         if full is None:
             return
-        if not first_sweep or full.proved_optimal:
-            found = full.take_plan()
-            if found is not None:
-                better(found[1], "full MILP")
+        found = full.take_plan()
+        if found is not None:
+            held = found
+        if held is not None and (not first_sweep or full.proved_optimal
+                                 or held[0] < FIRST_SWEEP_TAKE_UP * best_obj):
+            better(held[1], "full MILP")
+            held = None
         progress.update(best_obj, full.bound)
 
     first_window = window  # a larger window gets proportionally more time per step

@@ -76,6 +76,60 @@ def test_windows_never_make_a_plan_worse():
                for v in milp.problem.variables())
 
 
+class _FakeWorker:
+    """Stands in for the full MILP process: one plan, claimed at ``claimed`` objective,
+    handed over on the first call; every look at its bound (once per window) is logged."""
+
+    proved_optimal = False
+
+    def __init__(self, plan, claimed: float):
+        self.plan, self.claimed, self.given = plan, claimed, False
+
+    def take_plan(self):
+        if self.given:
+            return None
+        self.given = True
+        return self.claimed, self.plan
+
+    @property
+    def bound(self):
+        logging.getLogger("test.worker").info("window boundary")
+        return None
+
+    def offer(self, decisions) -> None:
+        pass
+
+
+@pytest.mark.parametrize("far_better", [True, False])
+def test_first_sweep_takes_up_only_a_far_better_worker_plan(far_better, caplog):
+    """The window search's first sweep keeps to its start unless the worker's plan is far
+    better (FIRST_SWEEP_TAKE_UP); from the second sweep on any better plan is taken up."""
+    case = model_case("resnet18")
+    graph = planner_graph(case.profile)
+    times = [n.time_s for n in case.profile.nodes]
+    probe = build_stage_milp(graph, times, 10**15, in_place="none")
+    start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
+                key=probe.objective_of)
+    milp = build_stage_milp(graph, times, probe.evaluate_peak(start), in_place="none")
+    worker_plan, _ = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0,
+                                        window=8)
+    start_obj = milp.objective_of(start)
+    assert milp.objective_of(worker_plan) < start_obj
+    claimed = 0.0 if far_better else 0.99 * start_obj
+    with caplog.at_level(logging.INFO):
+        improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0, window=8,
+                           full=_FakeWorker(worker_plan, claimed))
+    lines = [r.message for r in caplog.records if r.name in ("test.worker", "planner.lns")]
+    taken = [i for i, m in enumerate(lines) if m.startswith("full MILP")]
+    looks_before = lines[:taken[0]].count("window boundary") if taken else None
+    K = len(graph.stages)
+    first_sweep_windows = len(range(max(K - 8, 0), -4, -4))
+    if far_better:
+        assert looks_before == 0  # taken up at the first window
+    else:  # after the first sweep, or never (the windows found as good a plan)
+        assert looks_before is None or looks_before >= first_sweep_windows
+
+
 @pytest.mark.parametrize("name", ["gpt", "resnet18"])
 def test_time_search_makes_a_fitting_plan_faster(name):
     """From the plan that recomputes every op, the time-directed search reaches a faster
