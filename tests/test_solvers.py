@@ -51,22 +51,29 @@ def test_cpsat_logs_its_progress(gpt_case, caplog):
     assert any("cpsat" in r.message and "incumbent" in r.message for r in caplog.records)
 
 
-def test_windows_never_make_a_plan_worse():
-    """Fix-and-resolve from a checkpoint plan: cheaper or equal, still within the budget,
-    and its formulation objective is the simulator's extra time."""
-    case = model_case("resnet18")
-    graph = planner_graph(case.profile)
-    times = [n.time_s for n in case.profile.nodes]
-    unoptimised = simulate(case.profile, build_schedule(graph, baseline_decisions(graph)))
+@pytest.fixture(scope="module")
+def resnet18_windows():
+    """ResNet-18's slowest structural checkpoint plan at a budget it just fits, and what
+    8-stage windows make of it in 8 s: (profile, graph, milp, budget, start, better)."""
+    profile = model_case("resnet18").profile
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
     probe = build_stage_milp(graph, times, 10**15, in_place="none")
     start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
                 key=probe.objective_of)
     budget = probe.evaluate_peak(start)  # the start just fits
     milp = build_stage_milp(graph, times, budget, in_place="none")
-    better, steps = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0,
-                                       window=8)
+    better, _ = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0, window=8)
+    return profile, graph, milp, budget, start, better
+
+
+def test_windows_never_make_a_plan_worse(resnet18_windows):
+    """Fix-and-resolve from a checkpoint plan: cheaper or equal, still within the budget,
+    and its formulation objective is the simulator's extra time."""
+    profile, graph, milp, budget, start, better = resnet18_windows
+    unoptimised = simulate(profile, build_schedule(graph, baseline_decisions(graph)))
     assert milp.objective_of(better) <= milp.objective_of(start)
-    sim = simulate(case.profile, build_schedule(graph, better))
+    sim = simulate(profile, build_schedule(graph, better))
     assert sim.peak_bytes <= budget
     assert sim.peak_bytes == milp.evaluate_peak(better)
     extra = sim.time_s - unoptimised.time_s
@@ -101,18 +108,11 @@ class _FakeWorker:
 
 
 @pytest.mark.parametrize("far_better", [True, False])
-def test_first_sweep_takes_up_only_a_far_better_worker_plan(far_better, caplog):
+def test_first_sweep_takes_up_only_a_far_better_worker_plan(far_better, resnet18_windows,
+                                                            caplog):
     """The window search's first sweep keeps to its start unless the worker's plan is far
     better (FIRST_SWEEP_TAKE_UP); from the second sweep on any better plan is taken up."""
-    case = model_case("resnet18")
-    graph = planner_graph(case.profile)
-    times = [n.time_s for n in case.profile.nodes]
-    probe = build_stage_milp(graph, times, 10**15, in_place="none")
-    start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
-                key=probe.objective_of)
-    milp = build_stage_milp(graph, times, probe.evaluate_peak(start), in_place="none")
-    worker_plan, _ = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0,
-                                        window=8)
+    _, graph, milp, _, start, worker_plan = resnet18_windows
     start_obj = milp.objective_of(start)
     assert milp.objective_of(worker_plan) < start_obj
     claimed = 0.0 if far_better else 0.99 * start_obj
