@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One device call for issue 5 (docs/gpu.md), everything under one deadline:
+# One device call for issues 4 and 5 (docs/gpu.md), everything under one deadline:
+#   0. measured profiles of the configurations under configs/ (bench/profile_configs.py;
+#      phase "configs", in the work folder's configs/; CONFIGS names them, default all);
 #   1. measured profiles of MODELS on the GPU (bench/compare.py profile);
 #   2. the solves, on the device machine's CPUs (PuLP and HiGHS carried as wheels in .whl),
 #      while the GPU tests (tests/test_gpu.py) run;
@@ -21,6 +23,7 @@ COMPILE_MODELS=${COMPILE_MODELS:-$MODELS}
 DEADLINE=${DEADLINE:-585}      # seconds from the start for the whole script
 TIME_LIMIT=${TIME_LIMIT:-60}   # seconds per solve
 PHASES=${PHASES:-"profile solve run_a kernels run_c"}
+CONFIGS=${CONFIGS:-}           # config names for the "configs" phase (empty: every config)
 KERNEL_MODELS=${KERNEL_MODELS:-resnet50}
 STEPS=${STEPS:-"--warmup 2 --steps 8"}
 EXTRA=${EXTRA:-}               # e.g. "--small --device cpu" for a dry run here
@@ -42,6 +45,12 @@ fi
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
   nproc; date -u; echo "PYTORCH_CUDA_ALLOC_CONF=$PYTORCH_CUDA_ALLOC_CONF"; } >> "$OUT/gpu.txt" 2>&1
+if has configs; then
+  echo "== configs ($(left) s left)" | tee -a "$OUT/log.txt"
+  timeout $(( $(left) - 360 )) python3 bench/profile_configs.py ${CONFIGS:+--models $CONFIGS} \
+    ${EXTRA:+--estimate} --out "$W/configs" 2>&1 | grep -v "^WARNING\|profiler\." | tee -a "$OUT/log.txt"
+  pack
+fi
 if has profile; then
   echo "== profile ($(left) s left)" | tee -a "$OUT/log.txt"
   timeout $(( $(left) - 330 )) python3 bench/compare.py profile --models $MODELS $EXTRA \

@@ -4,7 +4,7 @@ Runs ``planner.sweep.run_sweep`` on a committed profile, then writes the sweep's
 Pareto plot under the output directory and a summary (wall time, rows) beside them.
 
     python bench/sweep_bench.py                       # ResNet-50, 0.25:0.7:0.05, 27 s each
-    python bench/sweep_bench.py --profile configs/profiles/gpt_8x1024.estimated.json \
+    python bench/sweep_bench.py --profile configs/profiles/gpt_8x1024.measured.json \
         --budgets 0.45:0.9:0.05 -o bench/results/sweep_gpt
 """
 from __future__ import annotations
@@ -34,11 +34,11 @@ from profiler import Profile  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default=os.path.join(
-        ROOT, "configs/profiles/resnet50_184x3x224x224.estimated.json"))
+        ROOT, "configs/profiles/resnet50_184x3x224x224.measured.json"))
     parser.add_argument("--budgets", nargs="+", default=["0.25:0.7:0.05"])
     parser.add_argument("--time-limit", type=float, default=27)
     parser.add_argument("-o", "--output", default=os.path.join(ROOT,
-                                                               "bench/results/sweep_resnet50"))
+                                                               "bench/results/sweep_resnet50_h200"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if os.path.isdir(args.output):  # a timed run starts from nothing, not from a resume

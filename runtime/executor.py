@@ -16,7 +16,7 @@ import torch.fx as fx
 from planner.in_place import in_place_overload
 from planner.schedule import Step
 from profiler.allocator import allocator_bytes
-from profiler.batch_norm_kernels import batch_norm_into, batch_norm_training
+from profiler.batch_norm_kernels import batch_norm_into
 
 
 @dataclass
@@ -132,9 +132,8 @@ def _in_place_target(node: fx.Node) -> Callable[..., Any]:
     """What runs ``node`` writing its value over an input (``planner.in_place``): the
     ``out=`` overload of an element-wise op or a softmax, or the batch norm that normalises
     in place."""
-    if node.target in (torch.ops.aten._native_batch_norm_legit_functional.default,
-                       batch_norm_training):
-        return batch_norm_into
+    if node.target is torch.ops.aten._native_batch_norm_legit_functional.default:
+        return batch_norm_into  # not the CUDA-routed batch_norm_training (planner.in_place)
     out = in_place_overload(str(node.target))
     if out is None:
         raise ValueError(f"{node.name} ({node.target}) cannot run in place")

@@ -102,11 +102,14 @@ def test_measured_peak_within_budget_and_prediction(make):
     predicted peak (plus the library bytes)."""
     from runtime import load_plan
     torch.backends.cudnn.benchmark = True
-    model, x = make()
-    library = _library_bytes(model, x)
-    plan, target = _midway_plan(model, x, library)
-    planned = load_plan(copy.deepcopy(model), plan)
-    measured = _measured_peak(planned, x)
+    try:
+        model, x = make()
+        library = _library_bytes(model, x)
+        plan, target = _midway_plan(model, x, library)
+        planned = load_plan(copy.deepcopy(model), plan)
+        measured = _measured_peak(planned, x)
+    finally:  # the later tests compare gradients: benchmark mode's kernels reorder sums
+        torch.backends.cudnn.benchmark = False
     predicted = plan.predicted_peak_bytes + library
     figures = dict(measured=measured, predicted=predicted, ratio=measured / predicted,
                    target=target, library=library)
@@ -175,16 +178,18 @@ def test_batch_norm_runs_through_cudnn_like_eager():
 
 @requires_cuda
 def test_writes_in_place_on_cuda():
-    """A ResNet-18 plan whose batch norms, ReLUs and residual additions write over their
-    dead inputs (``planner.in_place``; a batch norm in place runs ATen's kernel where eager
-    runs cuDNN's): gradients within 1e-3 of eager's largest entry, the running statistics
-    updated once, and the runtime's counted peak equal to the plan's."""
+    """A ResNet-18 plan whose ReLUs and residual additions write over their dead inputs
+    (``planner.in_place``): in deterministic mode the gradients and the running statistics
+    are eager's bit for bit (the same kernels), and the runtime's counted peak equals the
+    plan's. Its batch norms never write in place on CUDA: on the H200 (2026-12-04) plans that
+    did gave gradients 6.7-9 % off eager's (bench/results/h200_2026-12-04/)."""
     from planner import plan_for
     from planner.heuristic import checkpoint_decisions
     from planner.solve import planner_graph
     from profiler import profile_model
     from runtime import load_plan
     torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     try:
         model, x = _cuda_resnet18()
         profile = profile_model(model, (x,), estimate=True)
@@ -193,15 +198,19 @@ def test_writes_in_place_on_cuda():
                                                       in_place="all"))
         runs = {e["op"]: e["forward_runs"] + e["recompute_runs"] for e in plan.in_place_summary}
         assert all(runs.get(op, 0) > 0 for op in ("aten.relu", "aten.add")), runs
-        assert any("batch_norm" in op and n > 0 for op, n in runs.items()), runs
+        assert not any("batch_norm" in op for op in runs), runs
         eager = copy.deepcopy(model)
         planned = load_plan(copy.deepcopy(model), plan)
         _step(eager, x)
         _step(planned, x)
         assert planned.last_peak_bytes == plan.predicted_peak_bytes
-        _assert_step_close(eager, planned)
+        for p, q in zip(eager.parameters(), planned.module.parameters()):
+            assert torch.equal(p.grad, q.grad)
+        for a, b in zip(eager.buffers(), planned.module.buffers()):
+            assert torch.equal(a, b)
     finally:
         torch.backends.cudnn.allow_tf32 = True  # torch's default
+        torch.backends.cudnn.deterministic = False
 
 
 @requires_cuda
@@ -232,7 +241,8 @@ def test_attention_math_backward_on_cuda(dtype):
             out, lse, cq, ck, mq, mk, seed, offset, _ = op(q, k, v, 0.0, True)
             fused = aten._scaled_dot_product_flash_attention_backward(
                 grad, q, k, v, out, lse, cq, ck, mq, mk, 0.0, True, seed, offset)
-        assert getattr(aten, op._name.split("::")[1] + "_backward").default in _FUSED_ATTENTION
+        assert getattr(aten, op._qualified_op_name.split("::")[1] + "_backward").default \
+            in _FUSED_ATTENTION
         probs = attention_probabilities(q, k, lse, True, None, None)
         got = attention_backward_from_probabilities(
             grad, probs, q, k, v, e ** -0.5, tuple(g.stride() for g in fused[:3]), len(fused))
