@@ -36,7 +36,9 @@ def main() -> None:
     parser.add_argument("--profile", default=os.path.join(
         ROOT, "configs/profiles/resnet50_184x3x224x224.measured.json"))
     parser.add_argument("--budgets", nargs="+", default=["0.25:0.7:0.05"])
-    parser.add_argument("--time-limit", type=float, default=27)
+    parser.add_argument("--time-limit", type=float, default=27,
+                        help="mean seconds per budget")
+    parser.add_argument("--time-split", choices=["tight", "even"], default="tight")
     parser.add_argument("-o", "--output", default=os.path.join(ROOT,
                                                                "bench/results/sweep_resnet50_h200"))
     args = parser.parse_args()
@@ -47,7 +49,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = run_sweep(profile, args.budgets, args.output,
                        options=SolveOptions(time_limit_s=args.time_limit),
-                       profile_path=args.profile)
+                       profile_path=args.profile, time_split=args.time_split)
     wall = time.perf_counter() - t0
     pareto_plot(result, os.path.join(args.output, "pareto.png"))
     with open(os.path.join(args.output, "sweep.csv")) as f:
@@ -56,7 +58,8 @@ def main() -> None:
              f"{datetime.date.today()}, torch {torch.__version__}, "
              f"{platform.processor() or 'cpu'} with {os.cpu_count()} cores, profile "
              f"`{os.path.relpath(args.profile, ROOT)}` ({profile.timing}), budgets "
-             f"{' '.join(args.budgets)}, time limit {args.time_limit:.0f} s per budget.", "",
+             f"{' '.join(args.budgets)}, time limit {args.time_limit:.0f} s per budget on average "
+             f"({args.time_split} split: `planner.sweep.time_shares`).", "",
              f"**{len(rows)} budgets in {wall:.0f} s** (wall, whole sweep).", "",
              "| budget | status | predicted peak (GiB) | overhead | solve s | gap |",
              "|---|---|---|---|---|---|"]

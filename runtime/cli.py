@@ -100,7 +100,8 @@ def _sweep(args: argparse.Namespace) -> None:
     progress = SweepProgress()
     try:
         result = run_sweep(profile, budgets, out, backend=args.solver, options=_options(args),
-                           progress=progress, profile_path=os.path.abspath(profile_path))
+                           progress=progress, profile_path=os.path.abspath(profile_path),
+                           time_split=args.time_split)
     finally:
         progress.close()
     print(result_summary(result))
@@ -217,6 +218,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="START:STOP:STEP (fractions or bytes, STOP included, e.g. "
                         "0.2:1.0:0.1) or budgets as for solve (0.5 2GiB, or 0.5,0.3)")
     _solver_options(w, time_limit=30.0)
+    w.add_argument("--time-split", choices=["tight", "even"], default="tight",
+                   help="how the budgets share the time: tight (default) gives a budget "
+                        "time in proportion to the unoptimised peak over the budget, so "
+                        "tighter budgets get more and --time-limit is the mean; even gives "
+                        "each --time-limit")
     w.add_argument("-o", "--output", metavar="DIR",
                    help="output directory (default sweep_<profile name>): plan_<budget>.json, "
                         "sweep.csv, pareto.png")

@@ -287,3 +287,45 @@ def test_a_faster_plan_of_a_smaller_budget_serves_the_larger_one(tmp_path):
     assert shared.solver.status.startswith("from budget") and shared.solver.gap is None
     assert Plan.load(paths["0.7"]).predicted_time_s == fast.predicted_time_s  # unchanged
     assert not _share_faster_plans(plans, rows, fast.baseline_time_s)  # idempotent
+
+
+def test_time_shares():
+    """Tighter budgets get more of the sweep's time; the shares average 1 (the total is
+    unchanged) and ``even`` gives each budget the limit."""
+    from planner.sweep import time_shares
+    peak = 1000
+    budgets = [700, 500, 250]
+    tight = time_shares(budgets, peak)
+    assert sum(tight) == pytest.approx(len(budgets))
+    assert tight[0] < tight[1] < tight[2]
+    assert tight[2] / tight[0] == pytest.approx(700 / 250)
+    assert time_shares(budgets, peak, "even") == [1.0, 1.0, 1.0]
+    assert time_shares([], peak) == []
+    with pytest.raises(ValueError, match="one of tight, even"):
+        time_shares(budgets, peak, "steep")
+
+
+@pytest.mark.parametrize("split", ["tight", "even"])
+def test_sweep_gives_each_budget_its_share(split, tmp_path, monkeypatch):
+    """run_sweep hands every solve its share of the time (recorded through a stand-in for
+    the solver that raises infeasible, so nothing is solved)."""
+    import planner.sweep as sweep
+    from conftest import model_case
+    from planner import InfeasibleBudgetError
+    from planner.backends import SolveOptions
+
+    limits = {}
+
+    def record(profile, spec, backend, options, hints=()):
+        limits[spec] = options.time_limit_s
+        raise InfeasibleBudgetError(1, None, "recorded")
+
+    monkeypatch.setattr(sweep, "solve", record)
+    profile = model_case("gpt").profile
+    sweep.run_sweep(profile, ["0.8", "0.4"], str(tmp_path / "s"),
+                    options=SolveOptions(time_limit_s=30), time_split=split)
+    assert sum(limits.values()) == pytest.approx(60)
+    if split == "tight":
+        assert limits["0.4"] == pytest.approx(2 * limits["0.8"], rel=1e-3)
+    else:
+        assert limits == {"0.8": 30, "0.4": 30}
