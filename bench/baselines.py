@@ -125,14 +125,16 @@ def targets_for(bench: BenchModel, model_input: torch.Tensor, logits_classes: in
     return torch.randint(0, logits_classes, shape, generator=generator)
 
 
-def build(bench: BenchModel, small: bool, seed: int = 0
+def build(bench: BenchModel, small: bool, seed: int = 0, batch: int | None = None
           ) -> tuple[StepModule, tuple[torch.Tensor, torch.Tensor]]:
-    """The step module (on the CPU, training mode) and its inputs ``(x, target)``."""
+    """The step module (on the CPU, training mode) and its inputs ``(x, target)``; ``batch``
+    replaces the config's batch size of an image model."""
     if small:
         model, inputs = bench.small()
     else:
         config = ModelConfig.load(os.path.join(ROOT, "configs", f"{bench.config}.yaml"))
-        model, inputs = load_model(config.model, inputs=config.inputs, batch=config.batch,
+        model, inputs = load_model(config.model, inputs=config.inputs,
+                                   batch=batch or config.batch,
                                    image_size=config.image_size, seed=seed)
     classes = bench.classes
     if bench.loss == "token":

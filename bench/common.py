@@ -1,5 +1,5 @@
 """What the bench scripts share: results written atomically, so an interrupted run keeps
-the rows it finished and never leaves a half-written file."""
+the rows it finished and never leaves a half-written file, and budget fractions."""
 from __future__ import annotations
 
 import os
@@ -11,3 +11,12 @@ def write_atomic(path: str, text: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def parse_fraction(text: str) -> float:
+    """``1/3`` or ``0.5`` as a number in (0, 1]."""
+    num, _, den = text.partition("/")
+    value = float(num) / float(den or 1)
+    if not 0 < value <= 1:
+        raise ValueError(f"budget fraction {text!r} is not in (0, 1]")
+    return value

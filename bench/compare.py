@@ -44,6 +44,7 @@ from baselines import (  # noqa: E402
     checkpointed,
     compile_context,
 )
+from common import parse_fraction  # noqa: E402
 from measure import free_memory, grad_difference, measure_step, resident_bytes  # noqa: E402
 from report import Row, RunInfo, load_json, save_json, write_atomic, write_results  # noqa: E402
 
@@ -63,15 +64,6 @@ def _device(args) -> torch.device:
 
 def _label(label: str) -> str:
     return label.replace("/", "-")
-
-
-def _fraction(text: str) -> float:
-    """``1/3`` or ``0.5`` as a number in (0, 1]."""
-    num, _, den = text.partition("/")
-    value = float(num) / float(den or 1)
-    if not 0 < value <= 1:
-        raise ValueError(f"budget fraction {text!r} is not in (0, 1]")
-    return value
 
 
 def _constant_bytes(step: torch.nn.Module, inputs) -> int:
@@ -157,7 +149,7 @@ def _solve_one(profile_path: str, key: str, label: str, info: dict, out: str,
     if label == UNOPTIMISED:  # no recomputation, no variant: what the runtime itself costs
         frac, budget, target = 1.0, 1.0, None
     else:
-        frac = _fraction(label)
+        frac = parse_fraction(label)
         target = int(frac * info["eager_peak"])
         budget = target - info["library_bytes"] - int(margin * target)
     entry = {"label": label, "fraction": frac, "target_bytes": target,

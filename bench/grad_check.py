@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from baselines import MODELS, StepModule, build, targets_for  # noqa: E402
+from baselines import MODELS, build  # noqa: E402
+from common import parse_fraction, write_atomic  # noqa: E402
 from measure import grad_difference  # noqa: E402
 
 from planner import InfeasibleBudgetError, solve  # noqa: E402
@@ -35,24 +36,9 @@ from planner.backends import SolveOptions  # noqa: E402
 from planner.schedule import baseline_decisions  # noqa: E402
 from planner.solve import evaluate, planner_graph  # noqa: E402
 from profiler import profile_model  # noqa: E402
-from profiler.config import ModelConfig  # noqa: E402
-from profiler.models import load_model  # noqa: E402
 from runtime import load_plan  # noqa: E402
 
 log = logging.getLogger("bench.grad_check")
-
-
-def _step_module(key: str, small: bool, batch: int | None):
-    bench = MODELS[key]
-    if small or batch is None:
-        return build(bench, small)
-    config = ModelConfig.load(os.path.join(ROOT, "configs", f"{bench.config}.yaml"))
-    model, inputs = load_model(config.model, inputs=config.inputs, batch=batch,
-                               image_size=config.image_size, seed=0)
-    step = StepModule(model, bench.loss).train()
-    target = targets_for(bench, inputs[0], bench.classes,
-                         torch.Generator().manual_seed(1))
-    return step, (inputs[0], target)
 
 
 def _run(module: torch.nn.Module, inputs) -> tuple[float, list[torch.Tensor]]:
@@ -75,7 +61,7 @@ def _worst(names, grads, reference, k: int = 3) -> list[tuple[str, float]]:
 
 def check_model(key: str, args, device: torch.device) -> list[dict]:
     """Rows for one model: eager's own noise, then every fraction and variant mode."""
-    step, inputs = _step_module(key, args.small, args.batch)
+    step, inputs = build(MODELS[key], args.small, batch=args.batch)
     step, inputs = step.to(device), tuple(x.to(device) for x in inputs)
     names = [n for n, _ in step.named_parameters()]
     profile = profile_model(step, inputs, name=key, estimate=device.type == "cpu", repeats=3)
@@ -88,8 +74,7 @@ def check_model(key: str, args, device: torch.device) -> list[dict]:
                      torch.equal(a, b) for a, b in zip(again, ref)),
                  worst=_worst(names, again, ref))]
     for frac in args.fractions:
-        num, _, den = frac.partition("/")
-        budget = int(peak * float(num) / float(den or 1))
+        budget = int(peak * parse_fraction(frac))
         for mode in args.variants:
             row = dict(model=key, method=f"ours {frac} {mode}")
             try:
@@ -145,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             log.exception("%s failed", key)
         if args.out:
-            with open(args.out, "w") as f:
-                json.dump(rows, f, indent=1, default=str)
+            write_atomic(args.out, json.dumps(rows, indent=1, default=str))
     return 0
 
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     for config in configs:
         t0 = time.perf_counter()
         try:
-            profile = config.make_profile(estimate=True if args.estimate else False)
+            profile = config.make_profile(estimate=args.estimate)
         except Exception:  # one model's failure must not lose the others
             log.exception("%s: profiling failed", config.name)
             failed += 1

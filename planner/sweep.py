@@ -150,8 +150,8 @@ def time_shares(budget_bytes: Sequence[int], peak_bytes: int, split: str = "tigh
     (the shares average 1, so the sweep's total is unchanged). ``even``: 1 each. ``tight``:
     in proportion to ``peak_bytes / budget``, so that tighter budgets, where the window
     search is still improving when a 27 s limit ends, get more. On ResNet-50's measured
-    profile (10 budgets, 0.25-0.7, 264 s either way) it took 0.25-0.35 from +48.9, +48.9 and
-    +33.3 % to +29.5, +27.1 and +27.1 %, and cost 0.2-0.7 points at 0.5-0.7."""
+    profile (10 budgets, 0.25-0.7, 263-264 s either way) it took 0.25-0.35 from +48.9, +48.9
+    and +33.3 % to +28.9, +27.1 and +27.1 %, and cost 0.3-0.7 points at 0.5-0.7."""
     if split not in TIME_SPLITS:
         raise ValueError(f"time split must be one of {', '.join(TIME_SPLITS)}, not {split!r}")
     if split == "even" or not budget_bytes:
