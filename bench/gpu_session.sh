@@ -8,7 +8,11 @@
 #   3. our plans against eager and per-block checkpointing (run_a);
 #   4. where the GPU time of eager's step and of ours goes, kernel by kernel, for the models
 #      in KERNEL_MODELS (bench/kernel_breakdown.py; phase "kernels");
-#   5. the torch.compile baselines (run_c), for as long as the deadline leaves.
+#   5. the torch.compile baselines (run_c), for as long as the deadline leaves;
+#   phase "grad" (not in the default PHASES, runs after run_a): bench/grad_check.py on GRAD_MODELS,
+#   deterministic, batch 32, every variant set, into the work folder's grad/;
+#   phase "wscap" (not in the default PHASES, runs last): a measured profile of WSCAP_MODELS
+#   with cuDNN's workspaces capped at WSCAP_MIB (CUDNN_CONV_WSCAP_DBG), into prof_wscap/.
 # Every phase writes as it goes and the work folder is packed after each, so a deadline
 # or a kill keeps what finished. Output, all in $OUT: gpu.txt (device, versions, date),
 # log.txt, solve.txt, test_gpu.txt and work.tgz (profiles, plans, run_a, run_c).
@@ -25,6 +29,9 @@ TIME_LIMIT=${TIME_LIMIT:-60}   # seconds per solve
 PHASES=${PHASES:-"profile solve run_a kernels run_c"}
 CONFIGS=${CONFIGS:-}           # config names for the "configs" phase (empty: every config)
 KERNEL_MODELS=${KERNEL_MODELS:-resnet50}
+GRAD_MODELS=${GRAD_MODELS:-"googlenet resnet50"}
+WSCAP_MODELS=${WSCAP_MODELS:-vgg16}
+WSCAP_MIB=${WSCAP_MIB:-1024}
 STEPS=${STEPS:-"--warmup 2 --steps 8"}
 EXTRA=${EXTRA:-}               # e.g. "--small --device cpu" for a dry run here
 W=.gpu/work
@@ -75,6 +82,14 @@ if has run_a; then
     --methods eager checkpoint ours $STEPS --out "$W/run_a" 2>&1 | tee -a "$OUT/log.txt"
   pack
 fi
+if has grad; then
+  echo "== grad ($(left) s left)" | tee -a "$OUT/log.txt"
+  mkdir -p "$W/grad"
+  timeout $(( $(left) - 10 )) python3 bench/grad_check.py --models $GRAD_MODELS --batch 32 \
+    --deterministic --fractions 1/2 1/3 --variants all exact none --time-limit 8 $EXTRA \
+    --out "$W/grad/grad_check.json" 2>&1 | grep "bench.grad_check" | tee -a "$OUT/log.txt"
+  pack
+fi
 if has kernels && [[ -z "$EXTRA" ]]; then
   echo "== kernels ($(left) s left)" | tee -a "$OUT/log.txt"
   for m in $KERNEL_MODELS; do
@@ -88,6 +103,13 @@ if has run_c; then
   echo "== run_c ($(left) s left)" | tee -a "$OUT/log.txt"
   timeout $(( $(left) - 10 )) python3 bench/compare.py run --models $COMPILE_MODELS $EXTRA \
     --methods eager compile $STEPS --out "$W/run_c" 2>&1 | tee -a "$OUT/log.txt"
+  pack
+fi
+if has wscap; then
+  echo "== wscap ($(left) s left)" | tee -a "$OUT/log.txt"
+  CUDNN_CONV_WSCAP_DBG=$WSCAP_MIB timeout $(( $(left) - 5 )) python3 bench/profile_configs.py \
+    --models $WSCAP_MODELS ${EXTRA:+--estimate} --out "$W/prof_wscap" 2>&1 \
+    | grep -v "^WARNING\|profiler\." | tee -a "$OUT/log.txt"
   pack
 fi
 echo "== done ($(left) s left)" | tee -a "$OUT/log.txt"
