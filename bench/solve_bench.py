@@ -46,13 +46,14 @@ def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, vari
         for solver in solvers:
             t0 = time.perf_counter()
             row = {"model": config.name, "nodes": len(profile.nodes), "timing": profile.timing,
-                   "budget": label, "solver": solver, "peak0": peak}
+                   "budget": label, "budget_bytes": int(peak * frac), "solver": solver,
+                   "peak0": peak}
             try:
-                plan = solve(profile, int(peak * frac), backend=solver,
+                plan = solve(profile, row["budget_bytes"], backend=solver,
                              options=SolveOptions(time_limit_s=time_limit, variants=variants))
             except InfeasibleBudgetError as e:
                 row.update(seconds=time.perf_counter() - t0, status="infeasible",
-                           smallest=e.smallest_feasible)
+                           smallest=e.smallest_feasible, floor=e.lower_bound)
                 yield row
                 continue
             s = plan.solver
@@ -65,6 +66,18 @@ def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, vari
                        overhead=plan.predicted_time_s / step - 1,
                        variants_used=len(plan.variants))
             yield row
+
+
+def _infeasible(row) -> str:
+    """An infeasible budget's status: the smallest budget found, and whether the floor
+    (``planner.floor``) proves the budget infeasible or how far below the found one it is."""
+    found = "none found" if row["smallest"] is None else \
+        f"smallest found {format_bytes(row['smallest'])}"
+    floor = row.get("floor")
+    if floor is None:
+        return f"infeasible ({found})"
+    proof = "proven: below the floor" if row["budget_bytes"] < floor else "not proven: above the floor"
+    return f"infeasible ({found}; floor {format_bytes(floor)}, {proof})"
 
 
 def _pct(x):
@@ -80,7 +93,9 @@ def render(rows, args) -> str:
         "or FLOP-estimated). Objective and bound are extra time as a fraction of the "
         "unoptimised step; the gap is (objective - bound) / objective, the step gap "
         "(objective - bound) / (1 + objective): the same bound measured on the whole step, "
-        "MONeT's and Checkmate's objective.", "",
+        "MONeT's and Checkmate's objective. An infeasible budget gives the smallest budget "
+        "found and the floor (`planner.floor`): the largest memory any single op needs while "
+        "it runs, a peak no plan goes below; a budget under it is proven infeasible.", "",
         "| model | nodes | budget | solver | variables | constraints | seconds | status | "
         "objective | bound | gap | step gap | predicted peak | variants used |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -88,8 +103,7 @@ def render(rows, args) -> str:
         if r["status"] == "infeasible":
             lines.append(f"| {r['model']} ({r['timing']}) | {r['nodes']} | {r['budget']} of "
                          f"{format_bytes(r['peak0'])} | {r['solver']} | | | "
-                         f"{r['seconds']:.1f} | infeasible (smallest found "
-                         f"{format_bytes(r['smallest'])}) | | | | | | |")
+                         f"{r['seconds']:.1f} | {_infeasible(r)} | | | | | | |")
             continue
         gap = "" if r["gap"] is None else f"{r['gap']:.1%}"
         step_gap = "" if r.get("step_gap") is None else f"{r['step_gap']:.2%}"

@@ -10,6 +10,7 @@ from profiler.ir import Profile
 
 from .backends import SolveOptions, tightest_bound
 from .budget import format_bytes, parse_budget
+from .floor import PeakFloor, peak_floor
 from .candidates import (
     Evaluation,
     evaluate,
@@ -72,19 +73,30 @@ _LOW_PLANS: dict[str, list[Decisions]] = {}
 
 
 class InfeasibleBudgetError(ValueError):
-    """No schedule fits the budget; ``smallest_feasible`` is a budget that does."""
+    """No schedule fits the budget; ``smallest_feasible`` is a budget that does, and
+    ``floor`` (``planner.floor.PeakFloor``), where given, a peak no plan goes below."""
 
-    def __init__(self, budget: int, smallest_feasible: int | None, floor: str,
-                 proven: bool = True):
+    def __init__(self, budget: int, smallest_feasible: int | None, reason: str,
+                 proven: bool = True, floor: PeakFloor | None = None):
         self.budget = budget
         self.smallest_feasible = smallest_feasible
+        self.floor = floor
+        self.lower_bound = floor.peak_bytes if floor is not None else None
+        proven = proven or (floor is not None and smallest_feasible is not None
+                            and smallest_feasible <= floor.peak_bytes)
         note = "" if proven else ", the best found in the time limit"
+        if floor is not None and smallest_feasible is not None:
+            short = (smallest_feasible - floor.peak_bytes) / smallest_feasible
+            note = ", proven: no plan peaks below it" if short <= 0 else \
+                f"{note}; no plan peaks below {floor.peak_bytes} bytes, {100 * short:.2f} % less"
         found = (f"the smallest feasible budget is {format_bytes(smallest_feasible)} "
                  f"({smallest_feasible} bytes{note})"
                  if smallest_feasible is not None
                  else "no feasible budget was found within the time limit")
+        why = f"{floor.describe()}; {reason}" if floor is not None and \
+            budget < floor.peak_bytes else reason
         super().__init__(f"budget {format_bytes(budget)} ({budget} bytes) is infeasible: "
-                         f"{found}; {floor}")
+                         f"{found}; {why}")
 
 
 def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
@@ -120,7 +132,8 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
         bound = tightest_bound(outcome.bound)
         bound = bound / MIB_SCALE if bound is not None else None
     best, best_decisions = ev.result.peak_bytes, ev.decisions
-    lo = max(bound or 0, sum(profile.storage_bytes[s] for s in graph.constant_storages))
+    lo = max(bound or 0, peak_floor(profile, graph, options.variants,
+                                    options.variants).peak_bytes)
     for probes_left in range(BISECTION_PROBES, 0, -1):
         left = options.time_limit_s - (time.perf_counter() - t0)
         if left < 3.0 or best - lo < 0.01 * best:
@@ -176,6 +189,15 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
                                   options.variants).evaluate_peak(base.decisions)
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
+    floor = peak_floor(profile, graph, options.variants, options.variants)
+    if budget_bytes < floor.peak_bytes:
+        # Nothing can fit: all the time goes to naming the smallest feasible budget.
+        log.info("budget below the floor: %s", floor.describe())
+        left = t0 + options.time_limit_s - reserve - time.perf_counter()
+        smallest, _ = smallest_feasible_budget(
+            profile, backend, replace(options, time_limit_s=max(left, 1.0)))
+        raise InfeasibleBudgetError(budget_bytes, smallest, _floor_text(profile, graph),
+                                    proven=False, floor=floor)
     heuristic_only = too_large(graph, options.time_limit_s)
     deadline = t0 + options.time_limit_s - reserve
     full = None
@@ -212,7 +234,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         _remember_low_plan(profile.graph_hash, lowest.decisions)
         if lowest.result.peak_bytes > budget_bytes:
             raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
-                                        _floor_text(profile, graph), proven=proven)
+                                        _floor_text(profile, graph), proven=proven, floor=floor)
         fitting.append(lowest)
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then

@@ -1,0 +1,82 @@
+"""The peak floor (planner.floor): below every plan's peak, and what an infeasible budget
+under it reports."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+
+import pytest
+
+from conftest import model_case
+from planner import InfeasibleBudgetError, solve
+from planner.backends import SolveOptions
+from planner.floor import node_floors, peak_floor
+from planner.heuristic import checkpoint_decisions
+from planner.schedule import build_schedule
+from planner.simulator import simulate
+from planner.solve import evaluate, planner_graph
+from profiler.ir import BACKWARD
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2", "vgg11", "gpt"])
+def test_floor_is_below_every_plan(name):
+    """Random plans, from recomputing everything to keeping most, with and without
+    variants and writes in place: no run of a node holds less than the node's floor, no
+    plan peaks below the floor, and the lowest of them is within a factor of the floor
+    (it is not vacuous)."""
+    case = model_case(name)
+    graph = planner_graph(case.profile)
+    floor = peak_floor(case.profile, graph)
+    floors = node_floors(case.profile, graph)
+    constants = sum(case.profile.storage_bytes[s] for s in graph.constant_storages)
+    assert floor.node and floor.peak_bytes > constants
+    rng = random.Random(3)
+    ops, sites = graph.ops(), sorted(graph.variants)
+    lowest = None
+    for keep in (0.0, 0.0, 0.1, 0.3, 0.6, 1.0):
+        for mode in ("all", "none"):
+            variants = {e: rng.choice(graph.variants[e]).name for e in sites
+                        if mode == "all" and rng.random() < 0.7}
+            checkpoints = {o for o in ops if rng.random() < keep}
+            d = checkpoint_decisions(graph, checkpoints, variants, in_place=mode)
+            schedule = build_schedule(graph, d)
+            sim = simulate(case.profile, schedule)
+            peak = sim.peak_bytes
+            assert peak >= floor.peak_bytes, (keep, mode, peak, floor)
+            # Every run of every node holds at least that node's floor.
+            runs = [step.node for step in schedule.forward + schedule.backward
+                    if step.kind == "run"]
+            assert len(runs) == len(sim.memory)
+            for node, held in zip(runs, sim.memory):
+                if node in floors:
+                    assert held >= floors[node].peak_bytes, (keep, mode, floors[node], held)
+            lowest = peak if lowest is None else min(lowest, peak)
+    assert lowest < 3 * floor.peak_bytes
+
+
+def test_budget_below_the_floor_is_refused_with_its_reason():
+    """A backward node given a workspace larger than the whole step sets the floor: a
+    budget under it is infeasible, the error names the node and its workspace, and the
+    smallest feasible budget it names is at least the floor and solves."""
+    case = model_case("resnet18")
+    profile = copy.deepcopy(case.profile)
+    base = evaluate(profile, planner_graph(profile),
+                    checkpoint_decisions(planner_graph(profile), set()))
+    target = next(n for n in profile.nodes
+                  if n.role == BACKWARD and n.target.startswith("aten.convolution_backward"))
+    nodes = list(profile.nodes)
+    nodes[target.index] = dataclasses.replace(target, workspace_bytes=base.result.peak_bytes)
+    profile = dataclasses.replace(profile, nodes=nodes)
+    floor = peak_floor(profile, planner_graph(profile))
+    assert floor.node == target.name and floor.workspace_bytes == base.result.peak_bytes
+    options = SolveOptions(time_limit_s=6.0)
+    with pytest.raises(InfeasibleBudgetError) as info:
+        solve(profile, floor.peak_bytes - 1, options=options)
+    error = info.value
+    assert error.lower_bound == floor.peak_bytes
+    assert error.smallest_feasible is not None and error.smallest_feasible >= floor.peak_bytes
+    assert "no plan can peak below" in str(error) and target.name in str(error)
+    assert "workspace" in str(error)
+    plan = solve(profile, error.smallest_feasible, options=options)
+    assert floor.peak_bytes <= plan.predicted_peak_bytes <= error.smallest_feasible
