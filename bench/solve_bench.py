@@ -76,7 +76,8 @@ def _infeasible(row) -> str:
     floor = row.get("floor")
     if floor is None:
         return f"infeasible ({found})"
-    proof = "proven: below the floor" if row["budget_bytes"] < floor else "not proven: above the floor"
+    proof = "proven: below the floor" if row["budget_bytes"] < floor else \
+        "not proven: above the floor"
     return f"infeasible ({found}; floor {format_bytes(floor)}, {proof})"
 
 

@@ -10,7 +10,6 @@ from profiler.ir import Profile
 
 from .backends import SolveOptions, tightest_bound
 from .budget import format_bytes, parse_budget
-from .floor import PeakFloor, peak_floor
 from .candidates import (
     Evaluation,
     evaluate,
@@ -21,6 +20,7 @@ from .candidates import (
     repaired_candidates,
     uses_only_variants,
 )
+from .floor import PeakFloor, peak_floor
 from .formulation import MIB_SCALE, StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
