@@ -190,6 +190,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         return _make_plan(profile, graph, base, base, budget_bytes, str(budget), info, claimed)
 
     floor = peak_floor(profile, graph, options.variants, options.variants)
+    log.info("floor %s, set by %s", format_bytes(floor.peak_bytes), floor.node or "the inputs")
     if budget_bytes < floor.peak_bytes:
         # Nothing can fit: all the time goes to naming the smallest feasible budget.
         log.info("budget below the floor: %s", floor.describe())
