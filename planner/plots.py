@@ -70,6 +70,9 @@ def pareto_plot(result: SweepResult, path: str, title: str | None = None) -> Non
             else "lowest peak of the sweep"
         ax.axvline(smallest / scale, color=COLOURS["workspace"], linestyle="--",
                    label=f"{what} ({smallest / scale:.2f} {unit})")
+    if result.floor_bytes:
+        ax.axvline(result.floor_bytes / scale, color=COLOURS["constant"], linestyle=":",
+                   label=f"floor: no plan below ({result.floor_bytes / scale:.2f} {unit})")
     infeasible = [r for r in result.rows if not r.feasible]
     if infeasible:
         y0 = result.baseline_time_s * tscale

@@ -14,17 +14,22 @@ from .candidates import (
     Evaluation,
     evaluate,
     heuristic_candidates,
-    lowest_peak_search,
-    peak_search_from,
     planner_graph,
     repaired_candidates,
     uses_only_variants,
 )
-from .floor import PeakFloor, peak_floor
-from .formulation import MIB_SCALE, StageMILP, build_stage_milp
+from .floor import peak_floor
+from .formulation import StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
 from .in_place import allowed_writes, in_place_summary
+from .lowest import (
+    InfeasibleBudgetError,
+    floor_text,
+    low_plans,
+    lowest_plan,
+    smallest_feasible_budget,
+)
 from .milp_search import milp_search
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
@@ -66,118 +71,6 @@ FINISH_BUILD_SHARE = 0.35
 # The least share of the time limit the lowest-peak search of an infeasible budget gets
 # when the budgeted search took the rest.
 LOW_MIN_SHARE = 0.1
-BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
-# Lowest-peak plans found in this process, per profile: later solves start from them too,
-# so a budget just above a reported smallest feasible one is solved from that plan.
-_LOW_PLANS: dict[str, list[Decisions]] = {}
-
-
-class InfeasibleBudgetError(ValueError):
-    """No schedule fits the budget; ``smallest_feasible`` is a budget that does, and
-    ``floor`` (``planner.floor.PeakFloor``), where given, a peak no plan goes below."""
-
-    def __init__(self, budget: int, smallest_feasible: int | None, reason: str,
-                 proven: bool = True, floor: PeakFloor | None = None):
-        self.budget = budget
-        self.smallest_feasible = smallest_feasible
-        self.floor = floor
-        self.lower_bound = floor.peak_bytes if floor is not None else None
-        proven = proven or (floor is not None and smallest_feasible is not None
-                            and smallest_feasible <= floor.peak_bytes)
-        note = "" if proven else ", the best found in the time limit"
-        if floor is not None and smallest_feasible is not None:
-            short = (smallest_feasible - floor.peak_bytes) / smallest_feasible
-            note = ", proven: no plan peaks below it" if short <= 0 else \
-                f"{note}; no plan peaks below {floor.peak_bytes} bytes, {100 * short:.2f} % less"
-        found = (f"the smallest feasible budget is {format_bytes(smallest_feasible)} "
-                 f"({smallest_feasible} bytes{note})"
-                 if smallest_feasible is not None
-                 else "no feasible budget was found within the time limit")
-        why = f"{floor.describe()}; {reason}" if floor is not None and \
-            budget < floor.peak_bytes else reason
-        super().__init__(f"budget {format_bytes(budget)} ({budget} bytes) is infeasible: "
-                         f"{found}; {why}")
-
-
-def _floor_text(profile: Profile, graph: PlannerGraph) -> str:
-    params = sum(profile.storage_bytes[s] for s in graph.constant_storages)
-    outs = sum(profile.storage_bytes[s] for s in graph.pinned_storages | graph.tangent_storages)
-    return (f"parameters, buffers and inputs alone take {format_bytes(params)}, the outputs "
-            f"and their gradients {format_bytes(outs)}")
-
-
-def smallest_feasible_budget(profile: Profile, backend: str = "highs",
-                             options: SolveOptions | None = None) -> tuple[int, float | None]:
-    """The peak of the lowest-memory plan found, and a lower bound (bytes) on the peak of
-    any plan in the planner's search space (``_lowest_plan``)."""
-    options = options or SolveOptions()
-    t0 = time.perf_counter()
-    graph = planner_graph(profile)
-    heuristic_only = too_large(graph, options.time_limit_s)
-    candidates, _ = heuristic_candidates(profile, graph, None, options.time_limit_s / 8,
-                                options.variants, lp=not heuristic_only)
-    left = options.time_limit_s - (time.perf_counter() - t0)
-    best, bound, _ = _lowest_plan(profile, graph, backend,
-                                  replace(options, time_limit_s=left), candidates)
-    return best.result.peak_bytes, bound
-
-
-def _lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
-                 candidates: list[Evaluation], above: int = 0
-                 ) -> tuple[Evaluation, float | None, bool]:
-    """The lowest-peak plan found from ``candidates`` (and the lowest plans of earlier
-    solves) in ``options.time_limit_s``; the lowest-peak MILP's bound (bytes, or None); and
-    whether that MILP proved the plan's peak the lowest of its search space.
-
-    Half the time goes to the lowest-peak search; the rest to budgeted searches that bisect
-    between the best peak found and the highest of the bound, the floor and ``above`` (a
-    budget already searched in vain): a min-max objective is hard for the solver and for
-    window improvement, while a budgeted search starts from LP-rounded plans near its
-    budget (on ResNet-50 it reaches budgets a third lower; on U-Net's measured profile
-    5.03 GiB against the lowest-peak search's 5.25 GiB).
-    """
-    t0 = time.perf_counter()
-    candidates = candidates + [evaluate(profile, graph, d)
-                               for d in _LOW_PLANS.get(profile.graph_hash, [])
-                               if uses_only_variants(graph, options.variants, d)]
-    low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
-    if too_large(graph, options.time_limit_s) or not milp_fits(
-            graph, options, t0 + low_options.time_limit_s, "lowest-peak MILP"):
-        best, bound, proven = peak_search_from(profile, graph, low_options, candidates), \
-            None, False
-    else:
-        best, outcome = lowest_peak_search(profile, graph, backend, low_options, candidates)
-        bound = tightest_bound(outcome.bound)
-        bound = bound / MIB_SCALE if bound is not None else None
-        proven = outcome.status == "optimal"
-    lo = max(bound or 0, above, peak_floor(profile, graph, options.variants,
-                                           options.variants).peak_bytes)
-    for probes_left in range(BISECTION_PROBES, 0, -1):
-        left = options.time_limit_s - (time.perf_counter() - t0)
-        peak = best.result.peak_bytes
-        if left < 3.0 or peak - lo < 0.01 * peak:
-            break
-        target = int(lo + 0.5 * (peak - lo))
-        try:
-            plan = solve(profile, target, backend, replace(
-                options, time_limit_s=left / probes_left), _fallback=False)
-            if plan.predicted_peak_bytes < peak:
-                best, proven = evaluate(profile, graph, plan.decisions()), False
-            log.info("budget %s reached: peak %s", format_bytes(target),
-                     format_bytes(best.result.peak_bytes))
-        except InfeasibleBudgetError:
-            lo = target
-    _remember_low_plan(profile.graph_hash, best.decisions)
-    return best, bound, proven
-
-
-def _remember_low_plan(graph_hash: str, decisions: Decisions) -> None:
-    """Keep a lowest-peak plan for later solves of the profile: a budget at the smallest
-    feasible one an error named is then solved from the plan that set it."""
-    _LOW_PLANS.setdefault(graph_hash, []).append(decisions)
-    del _LOW_PLANS[graph_hash][:-8]
-
-
 def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
           options: SolveOptions | None = None, hints: Sequence[Decisions] = (),
           _fallback: bool = True) -> Plan:
@@ -217,7 +110,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         left = t0 + options.time_limit_s - reserve - time.perf_counter()
         smallest, _ = smallest_feasible_budget(
             profile, backend, replace(options, time_limit_s=max(left, 1.0)))
-        raise InfeasibleBudgetError(budget_bytes, smallest, _floor_text(profile, graph),
+        raise InfeasibleBudgetError(budget_bytes, smallest, floor_text(profile, graph),
                                     proven=False, floor=floor)
     heuristic_only = too_large(graph, options.time_limit_s)
     deadline = t0 + options.time_limit_s - reserve
@@ -243,11 +136,11 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         left = 0.95 * (t0 + options.time_limit_s - reserve - time.perf_counter())
         low_options = replace(options, time_limit_s=max(left, LOW_MIN_SHARE *
                                                         options.time_limit_s))
-        lowest, _, proven = _lowest_plan(profile, graph, backend, low_options, candidates,
+        lowest, _, proven = lowest_plan(profile, graph, backend, low_options, candidates,
                                          above=budget_bytes)
         if lowest.result.peak_bytes > budget_bytes:
             raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
-                                        _floor_text(profile, graph), proven=proven, floor=floor)
+                                        floor_text(profile, graph), proven=proven, floor=floor)
         fitting.append(lowest)
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
@@ -288,7 +181,7 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     candidates, lp_bound = heuristic_candidates(
         profile, graph, budget_bytes, options.time_limit_s / 4, options.variants,
         lp=not heuristic_only and lp_fits(graph, deadline), deadline=deadline)
-    hints = [*hints, *_LOW_PLANS.get(profile.graph_hash, [])]
+    hints = [*hints, *low_plans(profile.graph_hash)]
     candidates += [evaluate(profile, graph, d) for d in hints
                    if uses_only_variants(graph, options.variants, d)]
     log.info("%d heuristic plans", len(candidates))

@@ -26,6 +26,7 @@ from profiler.ir import Profile, ProfileFormatError, read_json, write_json_atomi
 
 from .backends import SolveOptions
 from .budget import BudgetError, format_bytes, parse_budget
+from .floor import peak_floor
 from .plan import Plan, PlanFormatError
 from .schedule import Decisions, baseline_decisions
 from .solve import InfeasibleBudgetError, evaluate, planner_graph, solve
@@ -124,6 +125,7 @@ class SweepResult:
     baseline_time_s: float
     rows: list[SweepRow] = field(default_factory=list)
     csv_path: str = ""
+    floor_bytes: int | None = None  # a peak no plan goes below (planner.floor)
 
     @property
     def smallest_feasible_bytes(self) -> int | None:
@@ -181,7 +183,9 @@ def run_sweep(profile: Profile, budgets: Sequence[str | int | float], out_dir: s
     _check_manifest(out_dir, profile, options, profile_path)
     result = SweepResult(model=profile.model, graph_hash=profile.graph_hash,
                          baseline_peak_bytes=base.peak_bytes, baseline_time_s=base.time_s,
-                         csv_path=os.path.join(out_dir, "sweep.csv"))
+                         csv_path=os.path.join(out_dir, "sweep.csv"),
+                         floor_bytes=peak_floor(profile, graph, options.variants,
+                                                options.variants).peak_bytes)
     hints: list[Decisions] = []
     plans: dict[int, tuple[Plan, str]] = {}  # budget bytes -> its plan and file
     smallest: int | None = None
@@ -375,5 +379,8 @@ def result_summary(result: SweepResult) -> str:
             status += f", smallest feasible {format_bytes(r.smallest_feasible_bytes)}"
         lines.append(f"{r.budget:>10} {format_bytes(r.budget_bytes):>11} {peak:>11} "
                      f"{over:>9} {r.solve_time_s:>8.1f} {gap:>7}  {status}")
+    if result.floor_bytes:
+        lines.append(f"no plan peaks below {format_bytes(result.floor_bytes)} (the floor: the "
+                     "most memory one op needs while it runs)")
     return "\n".join(lines)
 

@@ -106,8 +106,14 @@ def test_budget_lists():
             parse_budget_list(bad)
 
 
-def test_interrupted_sweep_resumes(swept):
+def test_interrupted_sweep_resumes(swept, profile_path):
     out, code, first_err, finished, second = swept
+    from planner.budget import format_bytes
+    from planner.floor import peak_floor
+    from planner.solve import planner_graph
+    from profiler.ir import Profile
+    profile = Profile.load(str(profile_path))
+    floor = peak_floor(profile, planner_graph(profile))
     if code != 0:  # interrupted (the sweep may rarely finish before the signal lands)
         assert code == 130 and "interrupted; run the same command again to resume" in first_err
     assert second.returncode == 0, second.stderr
@@ -120,10 +126,11 @@ def test_interrupted_sweep_resumes(swept):
         if r["status"] == "infeasible":
             assert int(r["smallest_feasible_bytes"]) > int(r["budget_bytes"])
         else:
-            assert int(r["predicted_peak_bytes"]) <= int(r["budget_bytes"])
+            assert floor.peak_bytes <= int(r["predicted_peak_bytes"]) <= int(r["budget_bytes"])
             assert float(r["overhead"]) >= 0 and os.path.exists(out / r["plan"])
     assert rows[0]["status"] == "optimal" and float(rows[0]["overhead"]) == 0
     assert "sweep.csv: 5 budgets" in second.stdout
+    assert f"no plan peaks below {format_bytes(floor.peak_bytes)}" in second.stdout
     assert_png(out / "pareto.png")
 
 
