@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from common import write_atomic
+
 GIB = 2**30
 PEAK_TOLERANCE = 0.02  # measured peak within 2 % of the predicted one
 
@@ -50,22 +52,6 @@ class RunInfo:
         return cls(device, device_name, torch_version,
                    datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                    small, command)
-
-
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Write a file so that an interrupted run never leaves half of it."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_json(path: str, info: RunInfo, rows: list[Row], extra: dict[str, Any] | None = None
