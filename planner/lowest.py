@@ -47,25 +47,35 @@ class InfeasibleBudgetError(ValueError):
 
     def __init__(self, budget: int, smallest_feasible: int | None, reason: str,
                  proven: bool = True, floor: PeakFloor | None = None):
+        """``proven``: ``reason`` shows that no plan fits (given decisions that peak above
+        the budget); otherwise the budget is proven infeasible only if under ``floor``."""
         self.budget = budget
         self.smallest_feasible = smallest_feasible
         self.floor = floor
         self.lower_bound = floor.peak_bytes if floor is not None else None
-        proven = proven or (floor is not None and smallest_feasible is not None
-                            and smallest_feasible <= floor.peak_bytes)
-        note = "" if proven else ", the best found in the time limit"
-        if floor is not None and smallest_feasible is not None:
-            short = (smallest_feasible - floor.peak_bytes) / smallest_feasible
-            note = ", proven: no plan peaks below it" if short <= 0 else \
-                f"{note}; no plan peaks below {floor.peak_bytes} bytes, {100 * short:.2f} % less"
+        below_floor = floor is not None and budget < floor.peak_bytes
+        self.proven = proven or below_floor
+        note = ""
+        if smallest_feasible is not None and floor is not None and \
+                smallest_feasible <= floor.peak_bytes:
+            note = ", proven: no plan peaks below it"
+        elif smallest_feasible is not None and not proven:
+            note = ", the best found in the time limit"
+            if floor is not None:
+                short = (smallest_feasible - floor.peak_bytes) / smallest_feasible
+                note += f"; no plan peaks below {floor.peak_bytes} bytes, {100 * short:.2f} % less"
         found = (f"the smallest feasible budget is {format_bytes(smallest_feasible)} "
                  f"({smallest_feasible} bytes{note})"
                  if smallest_feasible is not None
                  else "no feasible budget was found within the time limit")
-        why = f"{floor.describe()}; {reason}" if floor is not None and \
-            budget < floor.peak_bytes else reason
-        super().__init__(f"budget {format_bytes(budget)} ({budget} bytes) is infeasible: "
-                         f"{found}; {why}")
+        if below_floor:
+            assert floor is not None
+            reason = f"{floor.describe()}; {reason}"
+        head = f"budget {format_bytes(budget)} ({budget} bytes) is infeasible" \
+            if self.proven else \
+            f"no plan found for budget {format_bytes(budget)} ({budget} bytes) in the time limit"
+        tail = "" if self.proven else "; a longer time limit may find one"
+        super().__init__(f"{head}: {found}; {reason}{tail}")
 
 
 def floor_text(profile: Profile, graph: PlannerGraph) -> str:
@@ -89,7 +99,7 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     candidates, _ = heuristic_candidates(profile, graph, None, options.time_limit_s / 8,
                                 options.variants, lp=not heuristic_only)
     left = options.time_limit_s - (time.perf_counter() - t0)
-    best, bound, _ = lowest_plan(profile, graph, backend,
+    best, bound = lowest_plan(profile, graph, backend,
                                   replace(options, time_limit_s=left), candidates)
     floor = peak_floor(profile, graph, options.variants, options.variants).peak_bytes
     if bound is not None and bound > best.result.peak_bytes:
@@ -99,14 +109,14 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
 
 def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
                  candidates: list[Evaluation], above: int = 0
-                 ) -> tuple[Evaluation, float | None, bool]:
+                 ) -> tuple[Evaluation, float | None]:
     """The lowest-peak plan found from ``candidates`` (and the lowest plans of earlier
-    solves) in ``options.time_limit_s``; the lowest-peak MILP's bound (bytes, or None); and
-    whether that MILP proved the plan's peak the lowest of its search space.
+    solves) in ``options.time_limit_s``, and the lowest-peak MILP's bound (bytes, or None;
+    it holds for the MILP's recomputation candidates only).
 
     Half the time goes to the lowest-peak search; the rest to budgeted searches that bisect
-    between the best peak found and the highest of the bound, the floor and ``above`` (a
-    budget already searched in vain): a min-max objective is hard for the solver and for
+    between the best peak found and the higher of the floor and ``above`` (a budget already
+    searched in vain, tried first): a min-max objective is hard for the solver and for
     window improvement, while a budgeted search starts from LP-rounded plans near its
     budget (on ResNet-50 it reaches budgets a third lower; on U-Net's measured profile
     5.03 GiB against the lowest-peak search's 5.25 GiB).
@@ -119,13 +129,11 @@ def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: So
     low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
     if too_large(graph, options.time_limit_s) or not milp_fits(
             graph, options, t0 + low_options.time_limit_s, "lowest-peak MILP"):
-        best, bound, proven = peak_search_from(profile, graph, low_options, candidates), \
-            None, False
+        best, bound = peak_search_from(profile, graph, low_options, candidates), None
     else:
         best, outcome = lowest_peak_search(profile, graph, backend, low_options, candidates)
         bound = tightest_bound(outcome.bound)
         bound = bound / MIB_SCALE if bound is not None else None
-        proven = outcome.status == "optimal"
     # The bisection's low end is the floor, not the MILP's bound: that bound holds for the
     # MILP's recomputation candidates only, and on U-Net's measured profile a budgeted search
     # found a 4.97 GiB plan under a 5.03 GiB bound.
@@ -145,13 +153,13 @@ def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: So
             plan = solve(profile, target, backend, replace(
                 options, time_limit_s=left / probes_left), _fallback=False)
             if plan.predicted_peak_bytes < peak:
-                best, proven = evaluate(profile, graph, plan.decisions()), False
+                best = evaluate(profile, graph, plan.decisions())
             log.info("budget %s reached: peak %s", format_bytes(target),
                      format_bytes(best.result.peak_bytes))
         except InfeasibleBudgetError:
             lo = target
     remember_low_plan(profile.graph_hash, best.decisions)
-    return best, bound, proven
+    return best, bound
 
 
 def low_plans(graph_hash: str) -> list[Decisions]:

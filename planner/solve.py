@@ -136,11 +136,11 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         left = 0.95 * (t0 + options.time_limit_s - reserve - time.perf_counter())
         low_options = replace(options, time_limit_s=max(left, LOW_MIN_SHARE *
                                                         options.time_limit_s))
-        lowest, _, proven = lowest_plan(profile, graph, backend, low_options, candidates,
+        lowest, _ = lowest_plan(profile, graph, backend, low_options, candidates,
                                          above=budget_bytes)
         if lowest.result.peak_bytes > budget_bytes:
             raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
-                                        floor_text(profile, graph), proven=proven, floor=floor)
+                                        floor_text(profile, graph), proven=False, floor=floor)
         fitting.append(lowest)
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then

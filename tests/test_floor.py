@@ -80,3 +80,19 @@ def test_budget_below_the_floor_is_refused_with_its_reason():
     assert "workspace" in str(error)
     plan = solve(profile, error.smallest_feasible, options=options)
     assert floor.peak_bytes <= plan.predicted_peak_bytes <= error.smallest_feasible
+
+
+def test_error_says_infeasible_only_when_proven():
+    """Below the floor a budget is infeasible, with the floor's reason; above it, without a
+    plan found, the error says no plan was found and how far the floor is below the best."""
+    from planner.floor import PeakFloor
+    floor = PeakFloor(5_000, "convolution_backward_3", 1_000, 1_000, 3_000)
+    below = InfeasibleBudgetError(4_000, 6_000, "parameters", proven=False, floor=floor)
+    assert str(below).startswith("budget 3.91 KiB (4000 bytes) is infeasible")
+    assert "convolution_backward_3 needs" in str(below) and below.proven
+    above = InfeasibleBudgetError(5_500, 6_000, "parameters", proven=False, floor=floor)
+    assert str(above).startswith("no plan found for budget") and not above.proven
+    assert "no plan peaks below 5000 bytes, 16.67 % less" in str(above)
+    assert str(above).endswith("a longer time limit may find one")
+    at_floor = InfeasibleBudgetError(4_000, 5_000, "parameters", proven=False, floor=floor)
+    assert "proven: no plan peaks below it" in str(at_floor)
