@@ -2,25 +2,9 @@
 the rows it finished and never leaves a half-written file, and budget fractions."""
 from __future__ import annotations
 
-import os
-import tempfile
+from profiler.ir import write_atomic
 
-
-def write_atomic(path: str, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename,
-    so that an interrupted run never leaves half of it (nor the temporary file)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+__all__ = ["parse_fraction", "write_atomic"]
 
 
 def parse_fraction(text: str) -> float:

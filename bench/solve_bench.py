@@ -53,7 +53,8 @@ def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, vari
                              options=SolveOptions(time_limit_s=time_limit, variants=variants))
             except InfeasibleBudgetError as e:
                 row.update(seconds=time.perf_counter() - t0, status="infeasible",
-                           smallest=e.smallest_feasible, floor=e.lower_bound)
+                           smallest=e.smallest_feasible, floor=e.lower_bound,
+                           proven=e.proven)
                 yield row
                 continue
             s = plan.solver
@@ -76,8 +77,7 @@ def _infeasible(row) -> str:
     floor = row.get("floor")
     if floor is None:
         return f"infeasible ({found})"
-    proof = "proven: below the floor" if row["budget_bytes"] < floor else \
-        "not proven: above the floor"
+    proof = "proven: below the floor" if row["proven"] else "not proven: above the floor"
     return f"infeasible ({found}; floor {format_bytes(floor)}, {proof})"
 
 

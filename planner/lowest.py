@@ -98,20 +98,21 @@ def smallest_feasible_budget(profile: Profile, backend: str = "highs",
     heuristic_only = too_large(graph, options.time_limit_s)
     candidates, _ = heuristic_candidates(profile, graph, None, options.time_limit_s / 8,
                                 options.variants, lp=not heuristic_only)
-    left = options.time_limit_s - (time.perf_counter() - t0)
-    best, bound = lowest_plan(profile, graph, backend,
-                                  replace(options, time_limit_s=left), candidates)
     floor = peak_floor(profile, graph, options.variants, options.variants).peak_bytes
+    left = options.time_limit_s - (time.perf_counter() - t0)
+    best, bound = lowest_plan(profile, graph, backend, replace(options, time_limit_s=left),
+                              candidates, floor)
     if bound is not None and bound > best.result.peak_bytes:
         bound = None
     return best.result.peak_bytes, max(bound or 0, floor)
 
 
 def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: SolveOptions,
-                 candidates: list[Evaluation], above: int = 0
-                 ) -> tuple[Evaluation, float | None]:
+                candidates: list[Evaluation], floor: int, above: int = 0
+                ) -> tuple[Evaluation, float | None]:
     """The lowest-peak plan found from ``candidates`` (and the lowest plans of earlier
-    solves) in ``options.time_limit_s``, and the lowest-peak MILP's bound (bytes, or None;
+    solves) in ``options.time_limit_s``, ``floor`` (bytes, ``planner.floor``) the least
+    peak to bisect down to, and the lowest-peak MILP's bound (bytes, or None;
     it holds for the MILP's recomputation candidates only).
 
     Half the time goes to the lowest-peak search; the rest to budgeted searches that bisect
@@ -137,11 +138,10 @@ def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: So
     # The bisection's low end is the floor, not the MILP's bound: that bound holds for the
     # MILP's recomputation candidates only, and on U-Net's measured profile a budgeted search
     # found a 4.97 GiB plan under a 5.03 GiB bound.
-    lo = peak_floor(profile, graph, options.variants, options.variants).peak_bytes
     # A budget searched in vain is tried once more first, from the plan just found (its
     # repair; U-Net's measured profile at 1/3: 5.02 GiB, lowest-peak plan 5.03 GiB).
-    retry = above if above > lo else None
-    lo = max(lo, above)
+    retry = above if above > floor else None
+    lo = max(floor, above)
     remember_low_plan(profile.graph_hash, best.decisions)  # the probes start from it
     for probes_left in range(BISECTION_PROBES, 0, -1):
         left = options.time_limit_s - (time.perf_counter() - t0)

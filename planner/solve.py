@@ -137,7 +137,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         low_options = replace(options, time_limit_s=max(left, LOW_MIN_SHARE *
                                                         options.time_limit_s))
         lowest, _ = lowest_plan(profile, graph, backend, low_options, candidates,
-                                         above=budget_bytes)
+                                floor.peak_bytes, above=budget_bytes)
         if lowest.result.peak_bytes > budget_bytes:
             raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
                                         floor_text(profile, graph), proven=False, floor=floor)

@@ -16,13 +16,18 @@ import io
 import logging
 import os
 import re
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Sequence
 
-from profiler.ir import Profile, ProfileFormatError, read_json, write_json_atomic
+from profiler.ir import (
+    Profile,
+    ProfileFormatError,
+    read_json,
+    write_atomic,
+    write_json_atomic,
+)
 
 from .backends import SolveOptions
 from .budget import BudgetError, format_bytes, parse_budget
@@ -344,16 +349,7 @@ def write_csv(path: str, rows: Sequence[SweepRow]) -> None:
     for r in rows:
         d = asdict(r)
         writer.writerow(["" if d[c] is None else _fmt(d[c]) for c in CSV_COLUMNS])
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".csv", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, buf.getvalue(), suffix=".csv")
 
 
 def _fmt(v: object) -> str:

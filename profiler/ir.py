@@ -145,14 +145,15 @@ class Profile:
         return sum(self.storage_bytes[s] for s in seen)
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` so that a crash never leaves a partial file."""
+def write_atomic(path: str, data: bytes | str, suffix: str = "") -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, synced and
+    renamed over it, so that a crash never leaves a partial file (nor the temporary one)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
         umask = os.umask(0)
@@ -163,6 +164,11 @@ def write_json_atomic(path: str, obj: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` so that a crash never leaves a partial file."""
+    write_atomic(path, json.dumps(obj, indent=1), suffix=".json")
 
 
 def read_json(path: str, what: str) -> Any:
