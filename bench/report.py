@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -149,18 +149,12 @@ def pareto_plot(info: RunInfo, rows: list[Row], path: str) -> None:
     fig.suptitle(f"{info.device_name}, torch {info.torch_version}, {info.date}"
                  + (" (small CPU check)" if info.small else ""), fontsize=10)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=directory)
-    os.close(fd)
+    image = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
+        fig.savefig(image, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, image.getvalue(), suffix=".png")
 
 
 def write_results(out_dir: str, info: RunInfo, rows: list[Row], stem: str = "compare") -> None:
