@@ -98,16 +98,22 @@ def main() -> None:
         return time.perf_counter() - t0
 
     h.setOptionValue("time_limit", max(args.time_limit - elapsed(), 0.1))
-    if args.start:
-        values = point(args.start)
-        if values is not None:
-            solution = highspy.HighsSolution()
-            solution.col_value = values.tolist()
-            solution.value_valid = True
-            h.setSolution(solution)
-
     offer = os.path.join(args.dir, "offer.json")
     state = {"report": -math.inf, "found": 0, "offer": 0, "best": math.inf}
+    # The MIP start: the better of --start and a plan offered while this process was
+    # building its problem (HiGHS may spend the rest of a short limit in presolve, before
+    # any user-solution callback reads the offer).
+    starts = [args.start] if args.start else []
+    if os.path.exists(offer):
+        state["offer"] = os.stat(offer).st_mtime_ns
+        starts.append(offer)
+    points = [v for v in map(point, starts) if v is not None]
+    if points:
+        values = min(points, key=lambda v: float(milp.vectors.objective[:columns] @ v))
+        solution = highspy.HighsSolution()
+        solution.col_value = values.tolist()
+        solution.value_valid = True
+        h.setSolution(solution)
 
     def progress(event) -> None:
         d = event.data_out

@@ -236,7 +236,9 @@ def test_a_short_time_limit_is_kept_on_large_graphs(name):
     t0 = time.perf_counter()
     plan = solve(profile, 0.5, options=SolveOptions(time_limit_s=5))
     elapsed = time.perf_counter() - t0
-    assert elapsed <= 5 * 1.2, f"{elapsed:.1f} s for a 5 s limit"
+    # 1.3: a steps' duration is foreseen from this machine unloaded; CI, on two loaded
+    # cores, once took 6.2 s (4.9-5.1 s unloaded).
+    assert elapsed <= 5 * 1.3, f"{elapsed:.1f} s for a 5 s limit"
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     assert plan.predicted_time_s < 1.5 * plan.baseline_time_s
 
