@@ -23,9 +23,10 @@ import threading
 import time
 from collections import deque
 
-from profiler.ir import Profile
+from profiler.ir import FORWARD, Profile
 
 from .backends import SolveOptions, SolveOutcome
+from .in_place import pointwise_out_targets
 from .schedule import Decisions
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,12 @@ class FullSolveProcess:
         self.dir = tempfile.mkdtemp(prefix="monet-full-")
         profile_path = os.path.join(self.dir, "profile.json")
         profile.save(profile_path)
+        # Which forward ops have an out= overload, decided here: the worker runs without
+        # torch (planner.full_worker).
+        pointwise_path = os.path.join(self.dir, "pointwise_out.json")
+        with open(pointwise_path, "w") as f:
+            json.dump(pointwise_out_targets(n.target for n in profile.nodes
+                                            if n.role == FORWARD), f)
         # -P and an explicit path: the package importable wherever we run, and nothing in
         # the working directory shadowing a module.
         root = os.path.dirname(os.path.dirname(WORKER))
@@ -91,7 +98,8 @@ class FullSolveProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         command = [sys.executable, "-P", WORKER, profile_path, "--dir", self.dir,
                    "--time-limit", repr(max(time_limit_s - MARGIN_S, 0.5)),
-                   "--gap", repr(options.gap), "--variants", options.variants]
+                   "--gap", repr(options.gap), "--variants", options.variants,
+                   "--pointwise-out", pointwise_path]
         command += ["--lowest"] if budget is None else ["--budget", str(budget)]
         # One thread: the other core is this process's.
         command += ["--threads", str(options.threads or 1)]

@@ -20,6 +20,7 @@ column vectors, so the planner never builds this problem itself.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -43,6 +44,23 @@ def _number(x: float | None) -> str:
     return repr(float(x)) if x is not None and math.isfinite(x) else "nan"
 
 
+def _without_torch() -> None:
+    """Register ``profiler`` as a bare package, without running its ``__init__``: that
+    imports the capture and the measurement, hence torch (2.7 s of this process's start
+    here), and this process needs only ``profiler.ir`` and the torch-free
+    ``profiler.variant_names``."""
+    import importlib.util
+    import types
+
+    spec = importlib.util.find_spec("profiler")
+    if spec is None or "profiler" in sys.modules:
+        return
+    package = types.ModuleType("profiler", "profiler without its torch imports")
+    package.__path__ = list(spec.submodule_search_locations or [])
+    package.__spec__ = spec
+    sys.modules["profiler"] = package
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("profile")
@@ -55,10 +73,14 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=1e-4)
     parser.add_argument("--start", help="decisions (JSON) to start from")
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--pointwise-out", help="JSON: which forward targets have an "
+                        "out= overload (planner.in_place.pointwise_out_targets); without "
+                        "it, torch is imported to decide")
     parser.add_argument("--every", type=float, default=0.5)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     t0 = time.perf_counter()
+    _without_torch()
 
     import highspy
     import numpy as np
@@ -66,11 +88,15 @@ def main() -> None:
     from planner.candidates import planner_graph
     from planner.formulation import build_stage_milp
     from planner.full_solve import read_decisions, write_decisions
+    from planner.in_place import remember_pointwise_out
     from planner.recompute_cuts import recomputation_cuts, separate
     from planner.window_highs import PersistentHiGHS
     from profiler.ir import Profile
 
     profile = Profile.load(args.profile)
+    if args.pointwise_out:
+        with open(args.pointwise_out) as f:
+            remember_pointwise_out(json.load(f))
     graph = planner_graph(profile)
     stages = len(graph.stages)
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], args.budget,

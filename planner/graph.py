@@ -43,7 +43,7 @@ from profiler.ir import (
     NodeRecord,
     OutputRecord,
 )
-from profiler.variants import RULE_BY_NAME
+from profiler.variant_names import EXACT_VARIANTS
 
 END = 1 << 60  # a position after every other
 GETITEM = "<built-in function getitem>"
@@ -314,8 +314,7 @@ class PlannerGraph:
             return {}
         out = {}
         for site, vs in self.variants.items():
-            allowed = [v for v in vs if mode == "all" or
-                       (v.name in RULE_BY_NAME and RULE_BY_NAME[v.name].exact)]
+            allowed = [v for v in vs if mode == "all" or v.name in EXACT_VARIANTS]
             if allowed:
                 out[site] = allowed
         return out

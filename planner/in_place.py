@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from profiler.ir import FORWARD
 
@@ -112,7 +112,7 @@ def _write_of(graph: PlannerGraph, o: int, pos: int, needed_later: set[int]
     elif len(node.new_storages) == 1 and node.target in SOFTMAX_OUT_OVERLOADS:
         candidates, exact = node.inputs[:1], True
         layout = (node.shape, node.strides, node.dtype)
-    elif len(node.new_storages) == 1 and pointwise_out_overload(node.target) is not None:
+    elif len(node.new_storages) == 1 and _has_pointwise_out(node.target):
         candidates, exact = list(dict.fromkeys(node.inputs)), True
         layout = (node.shape, node.strides, node.dtype)
     else:
@@ -159,11 +159,41 @@ def _numel(shape: list[int]) -> int:
     return functools.reduce(lambda a, b: a * b, shape, 1)
 
 
+# Bytes per element of the dtypes profiles hold, so that the planner's solver process
+# (planner.full_worker) needs no torch; any other dtype asks torch.
+_ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8,
+             "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+# Element-wise targets known to have (True) or lack (False) an ``out=`` overload, given by
+# the process that built the profile (``remember_pointwise_out``), so another process can
+# decide the writes in place without importing torch.
+_KNOWN_POINTWISE_OUT: dict[str, bool] = {}
+
+
 @functools.lru_cache(maxsize=None)
 def _itemsize(dtype: str) -> int:
+    name = dtype.removeprefix("torch.")
+    if name in _ITEMSIZE:
+        return _ITEMSIZE[name]
     import torch
 
-    return getattr(torch, dtype.removeprefix("torch.")).itemsize
+    return getattr(torch, name).itemsize
+
+
+def pointwise_out_targets(targets: Iterable[str]) -> dict[str, bool]:
+    """For each of ``targets``: whether it has an element-wise ``out=`` overload (what
+    ``remember_pointwise_out`` takes in another process)."""
+    return {t: pointwise_out_overload(t) is not None for t in sorted(set(targets))}
+
+
+def remember_pointwise_out(known: dict[str, bool]) -> None:
+    """Take ``pointwise_out_targets`` from another process: those targets are then
+    decided without torch."""
+    _KNOWN_POINTWISE_OUT.update(known)
+
+
+def _has_pointwise_out(target: str) -> bool:
+    known = _KNOWN_POINTWISE_OUT.get(target)
+    return known if known is not None else pointwise_out_overload(target) is not None
 
 
 @functools.lru_cache(maxsize=None)

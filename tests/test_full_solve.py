@@ -1,6 +1,7 @@
 """The full MILP in a second process beside the window search (planner.full_solve)."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -16,6 +17,7 @@ from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
 from planner.full_solve import FullSolveProcess
 from planner.heuristic import structural_candidates
+from planner.in_place import pointwise_out_targets
 from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import planner_graph
@@ -65,6 +67,40 @@ def test_plans_travel_both_ways():
     assert milp.objective_of(decisions) == pytest.approx(objective, rel=1e-6, abs=1e-9)
     assert milp.evaluate_peak(decisions) <= milp.budget * (1 + 1e-6)
     assert not os.path.exists(full.dir)
+
+
+def test_the_worker_starts_without_torch(tmp_path):
+    """The worker needs only the Profile and the planner: it registers ``profiler`` without
+    its ``__init__`` (which imports torch, 2.7 s of its start here) and still solves."""
+    import subprocess
+
+    profile = model_case("resnet18").profile
+    path = tmp_path / "profile.json"
+    profile.save(str(path))
+    known = tmp_path / "pointwise_out.json"
+    known.write_text(json.dumps(pointwise_out_targets(n.target for n in profile.nodes)))
+    assert any(json.loads(known.read_text()).values())
+    root = os.path.dirname(os.path.dirname(full_solve_module.WORKER))
+    r = subprocess.run([sys.executable, "-P", "-X", "importtime", full_solve_module.WORKER,
+                        str(path), "--dir", str(tmp_path), "--time-limit", "2", "--lowest",
+                        "--pointwise-out", str(known)],
+                       env={**os.environ, "PYTHONPATH": root}, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert any(line.startswith("DONE ") for line in r.stderr.splitlines())
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert {"highspy", "profiler.ir", "planner.formulation"} <= imported
+    assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
+
+
+def test_dtype_sizes_without_torch_are_torchs():
+    import torch
+
+    from planner.in_place import _ITEMSIZE
+
+    for name, size in _ITEMSIZE.items():
+        assert getattr(torch, name).itemsize == size, name
 
 
 @needs_two_cores

@@ -25,7 +25,8 @@ from planner.schedule import all_variants, baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import planner_graph
 from profiler import profile_model
-from profiler.variants import RULE_BY_NAME
+from profiler.variant_names import EXACT_VARIANTS
+from profiler.variants import RULE_BY_NAME, RULES
 from runtime import load_plan
 
 EXPECTED = {
@@ -136,3 +137,8 @@ def test_attention_math_declares_its_temporaries():
     for n in nodes:
         assert measured.nodes[n.index].target == n.target
         assert measured.nodes[n.index].workspace_bytes == n.workspace_bytes, n.target
+
+
+def test_exact_variant_names_agree_with_the_rules():
+    """The planner's torch-free list of exact variants is the registered rules' own."""
+    assert EXACT_VARIANTS == {r.name for r in RULES if r.exact}
