@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 
@@ -16,6 +17,39 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 from profiler import load_model, profile_model  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def monet(*args, cwd=None) -> subprocess.CompletedProcess:
+    """``monet`` as a user runs it: a new interpreter, from the repository root."""
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd or ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys):
+    """``monet`` in this process (same entry point as the command, without the 3-4 s
+    start-up of a new interpreter importing torch): for the bad-argument cases."""
+    from runtime.cli import main
+
+    def run(*args) -> CliResult:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+    return run
 
 # name -> (model spec, load_model keyword arguments). Inputs are chosen so that
 # activations matter; see test_models_exact.py for which budgets each one can reach.

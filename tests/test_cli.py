@@ -1,17 +1,7 @@
 """The monet command as a user runs it: exit codes, outputs, one-line errors, no partial files."""
-import os
-import subprocess
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def monet(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=env, timeout=600)
+from conftest import monet
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +47,23 @@ def test_verbose_solve_shows_progress(profile_path, tmp_path, solver):
     assert f"solver {solver}" in r.stdout
 
 
-def test_budget_forms(profile_path, tmp_path):
+def test_budget_forms(profile_path, tmp_path, cli):
     for budget in ("1.0", "50MiB", "100000000"):
-        r = monet("solve", str(profile_path), "--budget", budget, "--time-limit", "5",
+        r = cli("solve", str(profile_path), "--budget", budget, "--time-limit", "5",
                   "-o", str(tmp_path / "p.json"))
         assert r.returncode == 0, r.stderr
 
 
-def test_bad_budget_string(profile_path, tmp_path):
+def test_bad_budget_string(profile_path, tmp_path, cli):
     plan = tmp_path / "plan.json"
-    line = one_line_error(monet("solve", str(profile_path), "--budget", "lots", "-o", str(plan)))
+    line = one_line_error(cli("solve", str(profile_path), "--budget", "lots", "-o", str(plan)))
     assert "does not parse" in line
     assert not plan.exists()
 
 
-def test_infeasible_budget_names_smallest_and_writes_nothing(profile_path, tmp_path):
+def test_infeasible_budget_names_smallest_and_writes_nothing(profile_path, tmp_path, cli):
     plan = tmp_path / "plan.json"
-    line = one_line_error(monet("solve", str(profile_path), "--budget", "0.05",
+    line = one_line_error(cli("solve", str(profile_path), "--budget", "0.05",
                                 "--time-limit", "5", "-o", str(plan)))
     assert "infeasible" in line and "smallest feasible budget is" in line
     assert not plan.exists() and list(tmp_path.iterdir()) == []
@@ -85,25 +75,25 @@ def test_infeasible_budget_names_smallest_and_writes_nothing(profile_path, tmp_p
     ("examples.gpt:no_such_factory", "has no function"),
     ("resnet18", "neither torchvision:<name> nor"),
 ])
-def test_unknown_models(model, message, tmp_path):
+def test_unknown_models(model, message, tmp_path, cli):
     out = tmp_path / "p.json"
-    line = one_line_error(monet("profile", model, "--batch", "2", "--image-size", "32",
+    line = one_line_error(cli("profile", model, "--batch", "2", "--image-size", "32",
                                 "-o", str(out)))
     assert message in line
     assert not out.exists()
 
 
-def test_bad_input_spec(tmp_path):
-    line = one_line_error(monet("profile", "examples.gpt:gpt_small", "--input", "4by64",
+def test_bad_input_spec(tmp_path, cli):
+    line = one_line_error(cli("profile", "examples.gpt:gpt_small", "--input", "4by64",
                                 "-o", str(tmp_path / "p.json")))
     assert "SHAPE[:DTYPE[:HIGH]]" in line
 
 
-def test_corrupt_files(profile_path, tmp_path):
+def test_corrupt_files(profile_path, tmp_path, cli):
     bad = tmp_path / "bad.json"
     bad.write_text(profile_path.read_text()[:1000])
-    assert "truncated or corrupt" in one_line_error(monet("solve", str(bad), "--budget", "0.5"))
-    assert "truncated or corrupt" in one_line_error(monet("inspect", str(bad)))
+    assert "truncated or corrupt" in one_line_error(cli("solve", str(bad), "--budget", "0.5"))
+    assert "truncated or corrupt" in one_line_error(cli("inspect", str(bad)))
 
 
 def test_verbose_before_or_after_the_command():
@@ -126,8 +116,8 @@ def test_usage_errors():
     assert r.returncode == 2 and "usage" in r.stderr
 
 
-def test_missing_files_say_what_to_do(tmp_path):
-    line = one_line_error(monet("solve", str(tmp_path / "nope.json"), "--budget", "0.5"))
+def test_missing_files_say_what_to_do(tmp_path, cli):
+    line = one_line_error(cli("solve", str(tmp_path / "nope.json"), "--budget", "0.5"))
     assert "no such profile file" in line and "monet profile" in line
-    line = one_line_error(monet("inspect", str(tmp_path / "nope.json")))
+    line = one_line_error(cli("inspect", str(tmp_path / "nope.json")))
     assert "no such plan file" in line and "monet solve" in line

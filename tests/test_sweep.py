@@ -12,39 +12,12 @@ import time
 
 import pytest
 
+from conftest import ROOT, monet
 from planner.budget import BudgetError
 from planner.sweep import CSV_COLUMNS, parse_budget_list
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=ROOT)
 BUDGETS = "0.6:1.0:0.1"  # 5 budgets
-
-
-def monet(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True,
-                          text=True, cwd=cwd or ROOT, env=ENV, timeout=600)
-
-
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(capsys):
-    """``monet`` in this process (same entry point as the command, without the start-up
-    cost of a new interpreter): for the many bad-argument cases."""
-    from runtime.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:  # argparse usage errors
-            code = e.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-    return run
 
 
 def one_line_error(r, code=1):
