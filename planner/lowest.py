@@ -40,7 +40,6 @@ BISECTION_PROBES = 3  # budgeted searches of smallest_feasible_budget
 _LOW_PLANS: dict[str, list[Decisions]] = {}
 
 
-
 class InfeasibleBudgetError(ValueError):
     """No schedule fits the budget; ``smallest_feasible`` is a budget that does, and
     ``floor`` (``planner.floor.PeakFloor``), where given, a peak no plan goes below."""

@@ -29,6 +29,7 @@ import torch.utils._pytree as pytree
 
 from . import attention_ops
 from . import variant_ops as ops
+from .variant_names import EXACT_VARIANTS
 
 log = logging.getLogger(__name__)
 aten = torch.ops.aten
@@ -55,7 +56,12 @@ class VariantRule:
     backward_op: Any
     keeps: str
     rewrite: Callable[[fx.Node, set[fx.Node]], Rewrite | None]
-    exact: bool = True  # same arithmetic as the original: bit-identical gradients
+
+    @property
+    def exact(self) -> bool:
+        """Same arithmetic as the original: bit-identical gradients (the torch-free list
+        the planner reads, ``profiler.variant_names``)."""
+        return self.name in EXACT_VARIANTS
 
 
 def _val(node: Any) -> torch.Tensor:
@@ -244,18 +250,16 @@ RULES: list[VariantRule] = [
     VariantRule("dropout_bits", aten.native_dropout_backward.default,
                 "a 1-bit dropout mask instead of a 1-byte one", _dropout_bits),
     VariantRule("batch_norm_from_output", aten.native_batch_norm_backward.default,
-                "the batch-norm output instead of its input", _batch_norm_from_output,
-                exact=False),
+                "the batch-norm output instead of its input", _batch_norm_from_output),
     VariantRule("layer_norm_from_output", aten.native_layer_norm_backward.default,
-                "the layer-norm output instead of its input", _layer_norm_from_output,
-                exact=False),
+                "the layer-norm output instead of its input", _layer_norm_from_output),
     VariantRule("max_pool_compact", aten.max_pool2d_with_indices_backward.default,
                 "1-byte window offsets instead of the input and 8-byte indices",
                 _max_pool_compact),
     *(VariantRule("attention_math", op,
                   "the attention probabilities instead of the output and log-sum-exp (the "
                   "math backend: one matmul moved from the backward to the forward)",
-                  _attention_math, exact=False) for op in _FUSED_ATTENTION),
+                  _attention_math) for op in _FUSED_ATTENTION),
 ]
 RULE_BY_NAME = {r.name: r for r in RULES}    # attention_math's rules agree
 

@@ -140,5 +140,6 @@ def test_attention_math_declares_its_temporaries():
 
 
 def test_exact_variant_names_agree_with_the_rules():
-    """The planner's torch-free list of exact variants is the registered rules' own."""
+    """The planner's torch-free list of exact variants names registered rules only (the
+    rules read their ``exact`` from it)."""
     assert EXACT_VARIANTS == {r.name for r in RULES if r.exact}
