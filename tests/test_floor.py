@@ -96,3 +96,25 @@ def test_error_says_infeasible_only_when_proven():
     assert str(above).endswith("a longer time limit may find one")
     at_floor = InfeasibleBudgetError(4_000, 5_000, "parameters", proven=False, floor=floor)
     assert "proven: no plan peaks below it" in str(at_floor)
+
+
+def test_output_gradients_are_held_through_the_backward():
+    """The output gradients (tangents) are held until the backward returns: the autograd
+    engine passes them to the one backward call and holds them through it, so the
+    simulator does too. The last backward node's floor therefore holds them beside the
+    parameters, the outputs and every gradient returned before it (the GPT of DESIGN.md:
+    6.27 GiB where a floor that let the 1.53 GiB logits' gradient go after its last read
+    gave 4.84 GiB, under every plan found)."""
+    case = model_case("gpt")
+    graph = planner_graph(case.profile)
+    assert graph.tangent_storages - graph.pinned_storages
+    size = case.profile.storage_bytes
+    last = graph.executed[-1]
+    grads = set().union(*(case.profile.nodes[e].storages for e in graph.executed[:-1]
+                          if e in graph.grad_nodes))
+    must_hold = graph.constant_storages | graph.pinned_storages | graph.tangent_storages | grads
+    floor = node_floors(case.profile, graph)[last]
+    assert floor.resident_bytes >= sum(size[s] for s in must_hold)
+    schedule = build_schedule(graph, checkpoint_decisions(graph, set()))
+    sim = simulate(case.profile, schedule)
+    assert sim.memory[-1] >= floor.peak_bytes
