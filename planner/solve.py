@@ -141,7 +141,13 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         if lowest.result.peak_bytes > budget_bytes:
             raise InfeasibleBudgetError(budget_bytes, lowest.result.peak_bytes,
                                         floor_text(profile, graph), proven=False, floor=floor)
+        # It stopped at the first plan that fits: the time left makes it faster, in this
+        # process (the full MILP's worker, with chains of at most 12 ops, proved its own
+        # problem infeasible, and the MILP search builds one that holds the plan).
         fitting.append(lowest)
+        milp, outcome, from_milp, objective_of_milp = _faster_from(
+            profile, graph, lowest, budget_bytes, backend, options, fitting, heuristic_only,
+            deadline)
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
     # comes from the same formulation with the plan's own recomputations as candidates.
@@ -186,12 +192,29 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
                    if uses_only_variants(graph, options.variants, d)]
     log.info("%d heuristic plans", len(candidates))
     fitting = [e for e in candidates if e.result.peak_bytes <= budget_bytes]
-    fitting += repaired_candidates(profile, graph, candidates, budget_bytes, options.variants,
-                                   phase_s(REPAIR_SHARE, options, deadline))
+    repaired, missed = repaired_candidates(profile, graph, candidates, budget_bytes,
+                                           options.variants,
+                                           phase_s(REPAIR_SHARE, options, deadline))
+    fitting += repaired
+    candidates += missed  # if nothing fits, the lowest-plan search goes on from them
     log.info("%d plans fit", len(fitting))
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     if start is not None and full is not None:
         full.offer(start.decisions)
+    milp, outcome, from_milp, objective_of_milp = _faster_from(
+        profile, graph, start, budget_bytes, backend, options, fitting, heuristic_only,
+        deadline, full)
+    return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
+
+
+def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None,
+                 budget_bytes: int, backend: str, options: SolveOptions,
+                 fitting: list[Evaluation], heuristic_only: bool, deadline: float,
+                 full: FullSolveProcess | None = None):
+    """Make ``start`` (the fastest plan that fits, if any) faster until ``deadline``: the
+    time-directed search, then the MILP search (``planner.milp_search``) from its plan,
+    beside ``full`` if given. Plans that fit are appended to ``fitting``; returns what
+    ``milp_search`` does (Nones where the MILP does not run)."""
     if start is not None:
         found = faster_within(profile, graph, start.decisions, budget_bytes,
                               time_search_s(graph, options, deadline, heuristic_only,
@@ -200,14 +223,11 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
         if found is not None and found.result.time_s < start.result.time_s:
             start = found
             fitting.append(start)
-    milp, outcome, from_milp, objective_of_milp = None, None, None, None
-    if not heuristic_only and full is None and \
-            not milp_fits(graph, options, deadline, "MILP search"):
-        heuristic_only = True  # (beside the full solve, the search collects its plans)
-    if not heuristic_only:
-        milp, outcome, from_milp, objective_of_milp = milp_search(
-            profile, graph, budget_bytes, backend, options, start, fitting, deadline, full)
-    return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
+    if heuristic_only or (full is None and not milp_fits(graph, options, deadline,
+                                                         "MILP search")):
+        return None, None, None, None  # (beside the full solve, the search collects its plans)
+    return milp_search(profile, graph, budget_bytes, backend, options, start, fitting,
+                       deadline, full)
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None
