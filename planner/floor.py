@@ -7,12 +7,11 @@ executed backward node runs once in the backward, and while a node runs the simu
 * the parameters, buffers and inputs (never freed);
 * the node's inputs (they must be present) and its outputs (just made);
 * its workspace;
-* in the backward: the user outputs and the output gradients (tangents), both held
-  through it (the autograd engine holds the output gradients it passes to the backward
-  until the backward returns), every gradient an earlier backward node returned (a
-  gradient is kept to the end and never made twice), and every backward value made
-  earlier that a later node reads under every variant choice (backward nodes run once,
-  in graph order).
+* in the backward: the user outputs (held through it), every gradient an earlier
+  backward node returned (a gradient is kept to the end and never made twice), and every
+  output gradient or backward value made earlier that a later node reads under every
+  variant choice (backward nodes run once, in graph order; the runtime frees an output
+  gradient after its last reader, ``runtime.module``).
 
 A site with operator variants counts the option that needs least; a forward op that may
 write its value over an input (``planner.in_place``) does not count that input. The
@@ -93,8 +92,8 @@ def node_floors(profile: Profile, graph: PlannerGraph, variants: str = "all",
     reads = {op: set().union(*(nodes[i].storages for i in nodes[op].inputs))
              for ops in options.values() for op in ops}
     last_read = _last_certain_reads(graph, options, reads)
-    resident = constant | graph.pinned_storages | graph.tangent_storages
-    made: set[int] = set()  # backward storages that exist so far
+    resident = constant | graph.pinned_storages
+    made: set[int] = set(graph.tangent_storages)  # backward storages that exist so far
     for t, e in enumerate(graph.executed):
         site = nodes[e]
         # Made earlier and read later whatever the variants: present while e runs.

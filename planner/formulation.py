@@ -247,8 +247,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     writes = allowed_writes(graph, in_place)
     rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base, writes)
     pinned = sum(graph.storage_bytes[s] for s in graph.pinned_storages)
-    tangents = sum(graph.storage_bytes[s] for s in graph.tangent_storages - graph.pinned_storages)
-    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned + tangents, writes)
+    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned, writes)
     rows += stage_rows
     for a in aux:
         for i, expr in enumerate(a.lower):

@@ -3,8 +3,9 @@
 Definitions (shared by the formulation, the schedule builder and the runtime):
 
 * *constant* storages belong to parameters, buffers and inputs; *pinned* storages are the
-  model's outputs (the user holds them through the backward) and the output gradients
-  (tangents) during the backward. Neither is ever planned.
+  model's outputs (the user holds them through the backward). The output gradients
+  (tangents) are there when the backward starts and are freed after their last reader.
+  None of them is ever planned.
 * a *forward storage* is allocated by a forward node; keeping it across stages or
   recomputing its creator are the decisions to plan.
 * an *alias* node (view, getitem, detach) allocates nothing and is re-derived for free from
@@ -210,6 +211,17 @@ class PlannerGraph:
         for n in self.grad_nodes:
             if n in bpos:
                 self.backward_last_use[n] = END
+        # Output gradients (tangents) exist from the backward's start until their last
+        # reader (-1: none reads them), where the runtime frees them (runtime.module).
+        tangents = set(self.tangent_nodes)
+        for n in tangents:
+            self.backward_last_use[n] = -1
+        for n in self.executed:
+            for i in self.nodes[n].inputs:
+                if i in tangents:
+                    self.backward_last_use[i] = max(self.backward_last_use[i], bpos[n])
+        for n in tangents & self.grad_nodes:  # returned as a gradient itself
+            self.backward_last_use[n] = END
 
     # ----------------------------------------------------------------------- queries
     def planned_storages(self, index: int) -> frozenset[int]:

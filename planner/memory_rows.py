@@ -127,7 +127,30 @@ def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
             live[j] += b
         for j in range(t + 1, stop + 1):
             before[j] += b
+    # Output gradients: there from the start, until their last reader (views of them
+    # included) runs.
+    for s, stop in tangent_last_use(graph, last_use).items():
+        stop = min(stop, n - 1)
+        for j in range(stop + 1):
+            live[j] += graph.storage_bytes[s]
+            before[j] += graph.storage_bytes[s]
     return live, before
+
+
+def tangent_last_use(graph: PlannerGraph, last_use: dict[int, int] | None = None
+                     ) -> dict[int, int]:
+    """For each output-gradient storage (not an output's or a parameter's), the last
+    position in ``graph.executed`` where a node holding it is live (-1: none reads it);
+    ``last_use``: ``storage_lifetimes``' over the executed nodes, if already known."""
+    if last_use is None:
+        _, last_use = storage_lifetimes(graph, graph.executed, graph.backward_last_use)
+    out: dict[int, int] = {}
+    for m in graph.tangent_nodes:
+        for s in graph.nodes[m].storages:
+            if s in graph.pinned_storages or s in graph.constant_storages:
+                continue
+            out[s] = max(out.get(s, -1), graph.backward_last_use[m], last_use.get(s, -1))
+    return out
 
 
 @dataclass

@@ -120,6 +120,11 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     bpos = {n: t for t, n in enumerate(graph.executed)}
     rng: set[int] = set()
     steps = sched.backward
+    # Output gradients are there from the start; each is freed after its last reader.
+    tangents = {m for m in graph.tangent_nodes if graph.backward_last_use[m] >= 0}
+    for m in graph.tangent_nodes:
+        if m not in tangents:
+            steps.append(Step("free", m, 0))
     for k, stage in enumerate(graph.stages):
         def ensure(m: int) -> None:
             if m in env or nodes[m].role not in (FORWARD, BACKWARD, VARIANT_FORWARD):
@@ -185,6 +190,9 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             for m in (*nodes[e].inputs, e):
                 if m in bpos and m in env and graph.backward_last_use[m] <= bpos[e]:
                     env.discard(m)
+                    steps.append(Step("free", m, k))
+                elif m in tangents and graph.backward_last_use[m] <= bpos[e]:
+                    tangents.discard(m)
                     steps.append(Step("free", m, k))
             if j == 0:  # only a stage's first node reads forward tensors
                 _free_where(graph, env, sorted(env), steps, k, lambda p: p.isdisjoint(nxt))

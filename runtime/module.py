@@ -79,6 +79,7 @@ class _PlannedFunction(torch.autograd.Function):
         # aliases (no grad_fn, so no reference cycle through the outputs) are handed over
         # to the backward's environment, which then holds the only references.
         ctx.saved = [t.detach() for t in saved]
+        ctx.taken = []  # the output gradients, handed over by _TakeOutputGradients
         ctx.mark_non_differentiable(*(o for o, t in zip(outputs, runner.output_tangents)
                                       if t is None))
         return outputs
@@ -89,9 +90,33 @@ class _PlannedFunction(torch.autograd.Function):
             raise RuntimeError("a planned step's backward ran twice: its saved values are "
                                "freed as the plan goes (retain_graph is not supported)")
         saved, ctx.saved = ctx.saved, None
+        # The gradients the hook took (placeholders came in their place); where it took
+        # None (no gradient flowed), the engine's materialised zeros.
+        taken = [t if t is not None else g for t, g in zip(ctx.taken, grad_outputs)] \
+            if ctx.taken else list(grad_outputs)
+        ctx.taken.clear()
         with ctx.runner.no_autocast():
-            grads = ctx.runner.run_backward(saved, ctx.extra, grad_outputs)
+            grads = ctx.runner.run_backward(saved, ctx.extra, taken)
         return (None, *grads)
+
+
+class _TakeOutputGradients:
+    """A pre-hook on the planned step's backward node that takes the output gradients out
+    of the autograd engine's hands: the engine holds the gradients it passes to a backward
+    call until the call returns, so the logits' gradient of a language model would stay
+    for the whole backward. The hook moves them into ``taken`` (the node's ``ctx.taken``)
+    and hands the engine zero-stride placeholders instead; the backward then holds the
+    only references (unless the caller keeps its own) and frees each gradient after its
+    last reader, as the schedule says. It holds the list, not the node: no cycle."""
+
+    def __init__(self, taken: list):
+        self.taken = taken
+
+    def __call__(self, grad_outputs):
+        self.taken[:] = grad_outputs
+        return tuple(None if g is None else
+                     torch.empty((), dtype=g.dtype, device=g.device).expand(g.shape)
+                     for g in grad_outputs)
 
 
 class PlanRunner:
@@ -181,8 +206,9 @@ class PlanRunner:
         return outputs, saved, extra
 
     def run_backward(self, saved: list[torch.Tensor], extra: dict, grad_outputs):
-        """Run the backward program; ``saved`` is emptied so that the environment holds
-        the only references and each value is freed where the schedule frees it."""
+        """Run the backward program; ``saved`` and ``grad_outputs`` (lists) are emptied so
+        that the environment holds the only references and each value is freed where the
+        schedule frees it."""
         ex = self.executor
         ex.counter = extra["counter"]
         ex.rng_states = extra["rng"]
@@ -204,6 +230,10 @@ class PlanRunner:
                 g = torch.empty_strided(traced.shape, traced.stride(), dtype=g.dtype,
                                         device=g.device).copy_(g)
             ex.put(env, i, g)
+        # The environment holds the only references: each output gradient is freed after
+        # its last reader (planner.schedule).
+        grad_outputs.clear()
+        g = None
         ex.run(self.schedule.backward, env)
         return [None if n is None else env[n] for n in self.grad_nodes]
 
@@ -269,6 +299,9 @@ class PlannedModule(torch.nn.Module):
         if any(x.requires_grad for x in inputs) != any(self.runner.captured.input_requires_grad):
             raise PlanMismatchError("whether the input requires grad differs from the plan")
         flat = _PlannedFunction.apply(self.runner, *self.runner.params, *inputs)
+        node = next((t.grad_fn for t in flat if getattr(t, "grad_fn", None) is not None), None)
+        if node is not None:  # (the node is the step's ctx)
+            node.register_prehook(_TakeOutputGradients(node.taken))
         return pytree.tree_unflatten(list(flat), self.runner.captured.out_spec)
 
 

@@ -98,23 +98,32 @@ def test_error_says_infeasible_only_when_proven():
     assert "proven: no plan peaks below it" in str(at_floor)
 
 
-def test_output_gradients_are_held_through_the_backward():
-    """The output gradients (tangents) are held until the backward returns: the autograd
-    engine passes them to the one backward call and holds them through it, so the
-    simulator does too. The last backward node's floor therefore holds them beside the
-    parameters, the outputs and every gradient returned before it (the GPT of DESIGN.md:
-    6.27 GiB where a floor that let the 1.53 GiB logits' gradient go after its last read
-    gave 4.84 GiB, under every plan found)."""
+def test_output_gradients_are_freed_after_their_last_reader():
+    """The runtime takes the output gradients from the autograd engine and frees each after
+    its last reader (``runtime.module``); the schedule, the simulator, the MILP's rows and
+    the floor agree. The GPT's logits' gradient goes after the head's backward, so the last
+    backward node's floor no longer holds it."""
+    from planner.formulation import build_stage_milp
     case = model_case("gpt")
     graph = planner_graph(case.profile)
-    assert graph.tangent_storages - graph.pinned_storages
     size = case.profile.storage_bytes
-    last = graph.executed[-1]
-    grads = set().union(*(case.profile.nodes[e].storages for e in graph.executed[:-1]
-                          if e in graph.grad_nodes))
-    must_hold = graph.constant_storages | graph.pinned_storages | graph.tangent_storages | grads
-    floor = node_floors(case.profile, graph)[last]
-    assert floor.resident_bytes >= sum(size[s] for s in must_hold)
-    schedule = build_schedule(graph, checkpoint_decisions(graph, set()))
+    tangents = graph.tangent_storages - graph.pinned_storages
+    assert tangents and graph.tangent_nodes
+    decisions = checkpoint_decisions(graph, set())
+    schedule = build_schedule(graph, decisions)
+    steps = schedule.backward
+    for m in graph.tangent_nodes:
+        last = graph.executed[graph.backward_last_use[m]]
+        at = next(i for i, st in enumerate(steps) if st.kind == "free" and st.node == m)
+        ran = max(i for i, st in enumerate(steps[:at]) if st.kind == "run")
+        assert steps[ran].node == last  # freed right after its last reader ran
+    floor = node_floors(case.profile, graph)[graph.executed[-1]]
+    assert floor.resident_bytes < sum(size[s] for s in
+                                      graph.constant_storages | graph.pinned_storages) + \
+        sum(size[s] for s in tangents) + sum(
+            size[s] for e in graph.grad_nodes for s in case.profile.nodes[e].storages)
     sim = simulate(case.profile, schedule)
-    assert sim.memory[-1] >= floor.peak_bytes
+    milp = build_stage_milp(graph, [n.time_s for n in case.profile.nodes], None,
+                            minimize_peak=True, max_recompute_depth=0, include=decisions,
+                            in_place=decisions.in_place)
+    assert milp.evaluate_peak(decisions) == sim.peak_bytes
