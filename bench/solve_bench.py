@@ -31,6 +31,7 @@ from planner.backends import SolveOptions  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
 from planner.schedule import baseline_decisions  # noqa: E402
 from planner.solve import evaluate, planner_graph  # noqa: E402
+from planner.time_shares import machine_speed  # noqa: E402
 from profiler.config import ModelConfig  # noqa: E402
 
 FRACTIONS = ((1 / 2, "1/2"), (1 / 3, "1/3"), (1 / 4, "1/4"))
@@ -89,7 +90,8 @@ def render(rows, args) -> str:
     lines = [
         "# Planner speed and quality (`bench/solve_bench.py`)", "",
         f"{datetime.date.today()}, torch {torch.__version__}, {platform.processor() or 'cpu'} "
-        f"with {os.cpu_count()} cores, time limit {args.time_limit:.0f} s per budget, "
+        f"with {os.cpu_count()} cores building MILPs at {machine_speed():.2f}x the reference "
+        f"speed (`planner.time_shares`), time limit {args.time_limit:.0f} s per budget, "
         f"variants: {args.variants}. Profiles from configs/ (timing column: measured on a GPU "
         "or FLOP-estimated). Objective and bound are extra time as a fraction of the "
         "unoptimised step; the gap is (objective - bound) / objective, the step gap "

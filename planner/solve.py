@@ -171,6 +171,11 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     if bound is not None:
         gap = 0.0 if objective <= 1e-12 else max(0.0, (objective - bound) / objective)
     status = outcome.status if from_solver and outcome else "heuristic"
+    if outcome and outcome.status == "optimal" and outcome.objective is not None and \
+            objective <= outcome.objective + 1e-9 * max(1.0, abs(objective)):
+        # The solver proved optimal the plan it was started from (a heuristic plan, or the
+        # window search's): it is that optimum.
+        status = "optimal"
     info = SolverInfo(name=backend, status=status, time_limit_s=options.time_limit_s,
                       solve_time_s=time.perf_counter() - t0, objective=objective,
                       bound=bound, gap=gap,

@@ -5,8 +5,11 @@ limits (a 5 s solve of the GPT took 17 s before); at the default 60 s every phas
 """
 from __future__ import annotations
 
+import functools
 import logging
 import time
+
+import pulp
 
 from .backends import SolveOptions
 from .graph import PlannerGraph
@@ -18,6 +21,11 @@ log = logging.getLogger(__name__)
 # 1.2 s, GoogLeNet's 54.1K in 2.4 s, the GPT's 62.1K in 3.0 s; DenseNet-201's 880K-binary
 # problem took two minutes).
 BUILD_SIZE_PER_SECOND = 20_000
+# PuLP's rate of adding terms to expressions on the machine BUILD_SIZE_PER_SECOND was
+# measured on. Machines of the same kind differ: on 2026-12-05 one built the GPT's MILP in
+# 9.2 s (3.1x) and ResNet-50's in 4.5 s, and added 86K terms a second; so the estimate
+# scales by the rate measured where the solve runs (``machine_speed``).
+REFERENCE_TERMS_PER_SECOND = 265_000
 # Where one build would take more than this share of the time limit, the LP and the MILP
 # are not built: heuristic plans and the peak search answer alone.
 BUILD_MAX_SHARE = 0.5
@@ -31,9 +39,32 @@ LP_COST = 2.0
 LP_MAX_SHARE = 0.75
 
 
+@functools.cache
+def machine_speed() -> float:
+    """How fast this machine builds PuLP expressions, relative to the machine the time
+    shares were measured on (1.0; 0.33 is three times slower). Measured once per process,
+    the better of two 12,000-term builds (about 0.1 s each at the reference speed), and
+    clamped to [0.1, 4]."""
+    variables = [pulp.LpVariable(f"x{i}") for i in range(400)]
+    best = float("inf")
+    for _ in range(2):
+        t0 = time.perf_counter()
+        for row in range(300):
+            expression = pulp.LpAffineExpression()
+            for i in range(40):
+                expression += (i + 1.5) * variables[(7 * row + i) % 400]
+        best = min(best, time.perf_counter() - t0)
+    speed = 12_000 / best / REFERENCE_TERMS_PER_SECOND
+    if speed < 0.8:
+        log.info("this machine builds MILPs at %.2fx the reference speed; phases are sized "
+                 "to it", speed)
+    return min(4.0, max(0.1, speed))
+
+
 def estimated_build_s(graph: PlannerGraph) -> float:
-    """Seconds PuLP takes to build the stage MILP of ``graph`` (BUILD_SIZE_PER_SECOND)."""
-    return len(graph.stages) * len(graph.ops()) / BUILD_SIZE_PER_SECOND
+    """Seconds PuLP takes to build the stage MILP of ``graph`` here
+    (BUILD_SIZE_PER_SECOND, scaled by ``machine_speed``)."""
+    return len(graph.stages) * len(graph.ops()) / (BUILD_SIZE_PER_SECOND * machine_speed())
 
 
 def too_large(graph: PlannerGraph, time_limit_s: float) -> bool:

@@ -21,6 +21,14 @@ from profiler import load_model, profile_model  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def reference_seconds(seconds: float) -> float:
+    """A time limit that buys the work ``seconds`` bought on the machine the planner's time
+    shares were measured on: longer on a slower machine (``planner.time_shares``)."""
+    from planner.time_shares import machine_speed
+
+    return seconds / min(1.0, machine_speed())
+
+
 def monet(*args, cwd=None) -> subprocess.CompletedProcess:
     """``monet`` as a user runs it: a new interpreter, from the repository root."""
     return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)],

@@ -1,7 +1,7 @@
 """The monet command as a user runs it: exit codes, outputs, one-line errors, no partial files."""
 import pytest
 
-from conftest import monet
+from conftest import monet, reference_seconds
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,7 @@ def test_verbose_solve_shows_progress(profile_path, tmp_path, solver):
     # -v before the command (highs) or after it, as `monet solve -v` (cpsat)
     before, after = (["-v"], []) if solver == "highs" else ([], ["-v"])
     r = monet(*before, "solve", *after, str(profile_path), "--budget", "0.6", "--time-limit",
-              "6", "--solver", solver, "--variants", "exact", "-o", str(plan))
+              f"{reference_seconds(6):.0f}", "--solver", solver, "--variants", "exact", "-o", str(plan))
     assert r.returncode == 0, r.stderr
     progress = [line for line in r.stderr.splitlines() if "incumbent" in line]
     assert progress and all("bound" in line and "gap" in line for line in progress)

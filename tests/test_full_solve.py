@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import model_case
+from conftest import model_case, reference_seconds
 from planner import full_solve as full_solve_module
 from planner import solve
 from planner.backends import SolveOptions
@@ -109,13 +109,13 @@ def test_solve_runs_the_full_milp_beside_the_windows(caplog):
     than the plan's objective) and returns a plan the simulator confirms."""
     profile = model_case("resnet18").profile
     with caplog.at_level(logging.INFO, logger="planner"):
-        plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=8))
+        plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=reference_seconds(8)))
     assert "full MILP started in process" in caplog.text
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     assert plan.solver_peak_bytes == plan.predicted_peak_bytes
     s = plan.solver
     assert s.bound is not None and s.bound <= s.objective + 1e-9
-    assert s.solve_time_s <= 8 * 1.2  # wall time: room for load on two cores (as in test_solvers)
+    assert s.solve_time_s <= reference_seconds(8) * 1.2  # wall time: room for load on two cores (as in test_solvers)
 
 
 @needs_two_cores
@@ -124,8 +124,8 @@ def test_a_proof_of_optimality_ends_the_solve_early():
     long before its limit with gap 0."""
     profile = model_case("gpt").profile
     t0 = time.perf_counter()
-    plan = solve(profile, 0.8, options=SolveOptions(time_limit_s=120))
-    assert time.perf_counter() - t0 < 60
+    plan = solve(profile, 0.8, options=SolveOptions(time_limit_s=reference_seconds(120)))
+    assert time.perf_counter() - t0 < reference_seconds(60)
     assert plan.solver.status == "optimal" and plan.solver.gap == pytest.approx(0, abs=1e-4)
     assert plan.predicted_peak_bytes <= plan.budget_bytes
 
@@ -154,7 +154,7 @@ def test_a_worker_proving_its_problem_infeasible_ends_nothing(monkeypatch, tmp_p
     infeasible.write_text("import sys\nprint('DONE infeasible nan nan 0.1', file=sys.stderr)\n")
     monkeypatch.setattr(full_solve_module, "WORKER", str(infeasible))
     profile = model_case("resnet18").profile
-    plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=10))
+    plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=reference_seconds(10)))
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     s = plan.solver
     assert s.status in ("feasible", "optimal"), s

@@ -158,6 +158,20 @@ def test_problems_too_large_for_the_time_limit_use_heuristics(gpt_case, monkeypa
         solve(gpt_case.profile, 0.05, options=SolveOptions(time_limit_s=2))
 
 
+def test_the_build_estimate_follows_the_machine_speed(gpt_case, monkeypatch):
+    """The time shares' build estimate is for this machine: a machine half as fast at
+    building PuLP expressions is given twice the build time, and the speed is measured once
+    per process."""
+    from planner import time_shares
+
+    graph = planner_graph(gpt_case.profile)
+    speed = time_shares.machine_speed()
+    assert 0.1 <= speed <= 4.0 and time_shares.machine_speed() == speed
+    here = time_shares.estimated_build_s(graph)
+    monkeypatch.setattr(time_shares, "machine_speed", lambda: speed / 2)
+    assert time_shares.estimated_build_s(graph) == pytest.approx(2 * here)
+
+
 @pytest.mark.parametrize("name", ["gpt", "resnet18"])
 def test_per_block_checkpointing_is_among_the_candidates(name):
     """Per-block checkpointing of the model's modules (each op recomputed once, in the first

@@ -228,17 +228,21 @@ def test_a_short_time_limit_is_kept_on_large_graphs(name):
     5 s plan is +65 % (60 s: +8.1 %, bench/results/solve_bench.md)."""
     import time
 
+    from planner.time_shares import machine_speed
     from profiler import Profile
 
     config = ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
     profile = Profile.load(config.profile.replace(".measured.", ".estimated."))
     assert profile.timing == "estimated"
+    # 5 s on the machine the time shares were measured on: the work always done (the
+    # graph, the unoptimised plan, the memory claim) takes 3x as long on a machine 3x slower
+    limit = 5 / min(1.0, machine_speed())
     t0 = time.perf_counter()
-    plan = solve(profile, 0.5, options=SolveOptions(time_limit_s=5))
+    plan = solve(profile, 0.5, options=SolveOptions(time_limit_s=limit))
     elapsed = time.perf_counter() - t0
     # 1.3: a steps' duration is foreseen from this machine unloaded; CI, on two loaded
     # cores, once took 6.2 s (4.9-5.1 s unloaded).
-    assert elapsed <= 5 * 1.3, f"{elapsed:.1f} s for a 5 s limit"
+    assert elapsed <= limit * 1.3, f"{elapsed:.1f} s for a {limit:.1f} s limit"
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     assert plan.predicted_time_s < 1.5 * plan.baseline_time_s
 
