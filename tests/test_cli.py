@@ -40,7 +40,8 @@ def test_verbose_solve_shows_progress(profile_path, tmp_path, solver):
     # -v before the command (highs) or after it, as `monet solve -v` (cpsat)
     before, after = (["-v"], []) if solver == "highs" else ([], ["-v"])
     r = monet(*before, "solve", *after, str(profile_path), "--budget", "0.6", "--time-limit",
-              f"{reference_seconds(6):.0f}", "--solver", solver, "--variants", "exact", "-o", str(plan))
+              f"{reference_seconds(6):.0f}", "--solver", solver, "--variants", "exact", "-o",
+              str(plan))
     assert r.returncode == 0, r.stderr
     progress = [line for line in r.stderr.splitlines() if "incumbent" in line]
     assert progress and all("bound" in line and "gap" in line for line in progress)

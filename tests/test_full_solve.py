@@ -115,7 +115,8 @@ def test_solve_runs_the_full_milp_beside_the_windows(caplog):
     assert plan.solver_peak_bytes == plan.predicted_peak_bytes
     s = plan.solver
     assert s.bound is not None and s.bound <= s.objective + 1e-9
-    assert s.solve_time_s <= reference_seconds(8) * 1.2  # wall time: room for load on two cores (as in test_solvers)
+    # wall time: room for load on two cores (as in test_solvers)
+    assert s.solve_time_s <= reference_seconds(8) * 1.2
 
 
 @needs_two_cores
