@@ -30,7 +30,7 @@ from .lowest import (
     lowest_plan,
     smallest_feasible_budget,
 )
-from .milp_search import milp_search
+from .milp_search import milp_search, worker_outcome
 from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
 from .time_search import faster_within
@@ -159,7 +159,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     # The solver's own objective (recompute seconds) when its plan is the one returned;
     # the tests check it equals the simulator's extra time.
     from_solver = best is from_milp
-    objective = objective_of_milp if from_solver else best.result.time_s - base.result.time_s
+    objective = objective_of_milp if from_solver and objective_of_milp is not None else \
+        best.result.time_s - base.result.time_s
     # The better of the solver's bound and the LP relaxation's (same problem).
     bound = tightest_bound(outcome.bound if outcome else None, lp_bound)
     if bound is not None and bound > objective + 1e-9 * max(1.0, abs(objective)):
@@ -230,9 +231,11 @@ def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None
         if found is not None and found.result.time_s < start.result.time_s:
             start = found
             fitting.append(start)
-    if heuristic_only or (full is None and not milp_fits(graph, options, deadline,
-                                                         "MILP search")):
-        return None, None, None, None  # (beside the full solve, the search collects its plans)
+    if heuristic_only:
+        return None, None, None, None
+    if not milp_fits(graph, options, deadline, "MILP search"):
+        return (None, None, None, None) if full is None else \
+            worker_outcome(profile, graph, budget_bytes, fitting, deadline, full)
     return milp_search(profile, graph, budget_bytes, backend, options, start, fitting,
                        deadline, full, max_recompute_depth)
 
