@@ -129,7 +129,7 @@ def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
             before[j] += b
     # Output gradients: there from the start, until their last reader (views of them
     # included) runs.
-    for s, stop in tangent_last_use(graph, last_use).items():
+    for s, stop in _tangent_last_use(graph, last_use).items():
         stop = min(stop, n - 1)
         for j in range(stop + 1):
             live[j] += graph.storage_bytes[s]
@@ -137,13 +137,10 @@ def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
     return live, before
 
 
-def tangent_last_use(graph: PlannerGraph, last_use: dict[int, int] | None = None
-                     ) -> dict[int, int]:
+def _tangent_last_use(graph: PlannerGraph, last_use: dict[int, int]) -> dict[int, int]:
     """For each output-gradient storage (not an output's or a parameter's), the last
     position in ``graph.executed`` where a node holding it is live (-1: none reads it);
-    ``last_use``: ``storage_lifetimes``' over the executed nodes, if already known."""
-    if last_use is None:
-        _, last_use = storage_lifetimes(graph, graph.executed, graph.backward_last_use)
+    ``last_use``: ``storage_lifetimes``' over the executed nodes."""
     out: dict[int, int] = {}
     for m in graph.tangent_nodes:
         for s in graph.nodes[m].storages:

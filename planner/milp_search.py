@@ -106,8 +106,8 @@ def worker_outcome(profile: Profile, graph: PlannerGraph, budget_bytes: int,
     """What ``milp_search`` returns when no time is left to build the MILP here: the full
     MILP worker's outcome and its newest plan, checked by the simulator (appended to
     ``fitting`` if it fits), with no objective of its own (the simulator's is reported).
-    Building it anyway overran the
-    limit by the build (the GPT at 60 s on a machine a third as fast: 77 s)."""
+    Building it anyway overran the limit by the build (the GPT at 60 s on a machine a third
+    as fast: 77 s)."""
     outcome, last = full.close(min(max(deadline - time.perf_counter(), 0.0), 1.0))
     if last is None:
         return None, outcome, None, None
