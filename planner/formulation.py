@@ -29,10 +29,13 @@ import pulp
 
 from .graph import PlannerGraph
 from .in_place import allowed_writes
+from .lp_terms import add_constraint, gc_paused, linear, terms_of
 from .memory_rows import MIB_SCALE, AuxVariable, forward_memory_rows, stage_memory_rows
 from .milp_vectors import MilpVectors
 from .recompute_cuts import recomputation_cuts
 from .schedule import Decisions
+
+LE, GE = pulp.LpConstraintLE, pulp.LpConstraintGE
 
 
 @dataclass
@@ -137,6 +140,7 @@ def _storages(graph: PlannerGraph, nodes: set[int]) -> set[int]:
     return out
 
 
+@gc_paused()
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
                      minimize_peak: bool = False, max_recompute_depth: int | None = 12,
                      variants: str = "all", include: Decisions | None = None,
@@ -190,16 +194,15 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
         for v in vs:
             U[e, v.name] = pulp.LpVariable(f"U_{e}_{v.name}", cat="Binary")
         if len(vs) > 1:
-            prob += pulp.lpSum(U[e, v.name] for v in vs) <= 1, f"one_variant_{e}"
+            add_constraint(prob, f"one_variant_{e}", [(U[e, v.name], 1) for v in vs], LE, -1)
 
-    def avail(k: int, s: int) -> pulp.LpAffineExpression:
-        e = pulp.LpAffineExpression()
-        if (k, s) in S:
-            e += S[k, s]
+    def avail(k: int, s: int, sign: int = 1) -> list[tuple[pulp.LpVariable, int]]:
+        """The terms that make storage s available in stage k: held or recomputed."""
+        terms = [(S[k, s], sign)] if (k, s) in S else []
         c = graph.creator[s]
         if (k, c) in R:
-            e += R[k, c]
-        return e
+            terms.append((R[k, c], sign))
+        return terms
 
     for k in range(K):
         # Needs every choice of the stage shares are hard; the others follow the choice.
@@ -213,25 +216,27 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
                 always |= graph.needs_of_choice[e, ""]
         hard = _storages(graph, always)
         for s in hard:
-            prob += avail(k, s) >= 1, f"need_{k}_{s}"
+            add_constraint(prob, f"need_{k}_{s}", avail(k, s), GE, -1)
         for e in graph.stages[k]:
             if e not in sites:
                 continue
-            original = 1 - pulp.lpSum(U[e, v.name] for v in sites[e])
+            # avail >= 1 - sum of the site's variants
+            chosen = [(U[e, v.name], 1) for v in sites[e]]
             for s in _storages(graph, graph.needs_of_choice[e, ""]) - hard:
-                prob += avail(k, s) >= original, f"need_{k}_{s}_orig_{e}"
+                add_constraint(prob, f"need_{k}_{s}_orig_{e}", avail(k, s) + chosen, GE, -1)
             for v in sites[e]:
                 for s in _storages(graph, graph.needs_of_choice[e, v.name]) - hard:
-                    prob += avail(k, s) >= U[e, v.name], f"need_{k}_{s}_{v.name}_{e}"
+                    add_constraint(prob, f"need_{k}_{s}_{v.name}_{e}",
+                                   avail(k, s) + [(U[e, v.name], -1)], GE)
         for o in anc_nodes[k] & ops:
             for s in graph.op_inputs(o):
-                prob += avail(k, s) >= R[k, o], f"dep_{k}_{o}_{s}"
+                add_constraint(prob, f"dep_{k}_{o}_{s}", avail(k, s) + [(R[k, o], -1)], GE)
             for s in graph.nodes[o].new_storages:
                 if (k, s) in S:
-                    prob += S[k, s] + R[k, o] <= 1, f"once_{k}_{s}"
+                    add_constraint(prob, f"once_{k}_{s}", [(S[k, s], 1), (R[k, o], 1)], LE, -1)
     for (k, s), v in S.items():
         if k + 1 < K and (k + 1, s) in S and S[k + 1, s] is not v:
-            prob += S[k + 1, s] <= avail(k, s), f"carry_{k}_{s}"
+            add_constraint(prob, f"carry_{k}_{s}", [(S[k + 1, s], 1), *avail(k, s, -1)], LE)
     if recompute_cuts:
         for cut in recomputation_cuts(graph, S, R, sites):
             prob += cut
@@ -239,8 +244,8 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     for p, vs in graph.packs.items():
         for s in graph.nodes[p].new_storages:
             if (0, s) in S:
-                prob += S[0, s] <= pulp.lpSum(U[v.site, v.name] for v in vs
-                                              if (v.site, v.name) in U), f"pack_{s}"
+                add_constraint(prob, f"pack_{s}", [(S[0, s], 1)] + [
+                    (U[v.site, v.name], -1) for v in vs if (v.site, v.name) in U], LE)
 
     base = sum(graph.storage_bytes[s] for s in graph.constant_storages)
     in_place = variants if in_place is None else in_place
@@ -251,26 +256,29 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     rows += stage_rows
     for a in aux:
         for i, expr in enumerate(a.lower):
-            prob += a.var >= expr, f"aux_{a.var.name}_{i}"
+            add_constraint(prob, f"aux_{a.var.name}_{i}", [(a.var, 1), *terms_of(expr, -1)],
+                           GE, 0 - expr.constant)
 
     milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
                      aux=aux, budget=None if minimize_peak else budget, in_place=in_place)
-    extra_time = pulp.lpSum(times[o] * v for (k, o), v in R.items())
+    extra_time = linear((v, times[o]) for (k, o), v in R.items())
     for (e, name), v in U.items():
         var = graph.variant(e, name)
         delta = times[var.impl] - times[e] + (times[var.pack] if var.pack is not None else 0.0)
-        extra_time += delta * v
+        extra_time.addterm(v, delta)
     if minimize_peak:
         milp.peak = pulp.LpVariable("peak_mib", lowBound=0)
         for i, row in enumerate(rows):
-            prob += row * MIB_SCALE <= milp.peak, f"mem_{i}"
+            add_constraint(prob, f"mem_{i}", [*terms_of(row, MIB_SCALE), (milp.peak, -1)], LE,
+                           row.constant * MIB_SCALE)
         # The peak (MiB) dominates; the extra time, as a fraction of the step, breaks ties
         # for at most 1e-4 MiB.
         prob += milp.peak + 1e-4 / max(sum(times), 1e-12) * extra_time
     else:
         assert budget is not None
         for i, row in enumerate(rows):
-            prob += row * MIB_SCALE <= budget * MIB_SCALE, f"mem_{i}"
+            add_constraint(prob, f"mem_{i}", terms_of(row, MIB_SCALE), LE,
+                           row.constant * MIB_SCALE - budget * MIB_SCALE)
         prob += extra_time
     return milp
 

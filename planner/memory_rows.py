@@ -26,6 +26,7 @@ import pulp
 
 from .graph import END, PlannerGraph, storage_lifetimes
 from .in_place import InPlaceWrite
+from .lp_terms import linear, plus
 
 # Memory rows are given to the solver in MiB: byte-sized coefficients (up to 1e10) next to
 # 0/1 variables strain the solvers' tolerances. Plans are re-checked in bytes afterwards.
@@ -40,16 +41,6 @@ class AuxVariable:
 
     var: pulp.LpVariable
     lower: list[pulp.LpAffineExpression] = field(default_factory=list)
-
-
-def linear(terms: list[tuple[pulp.LpVariable, float]], constant: float = 0
-           ) -> pulp.LpAffineExpression:
-    """An affine expression of ``terms``, summing the coefficients of repeated variables
-    (``pulp.LpAffineExpression`` keeps only the last one)."""
-    expr = pulp.LpAffineExpression(constant=constant)
-    for var, coef in terms:
-        expr.addterm(var, coef)
-    return expr
 
 
 def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
@@ -69,40 +60,54 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
     by_step: list[list[int]] = [[] for _ in graph.forward]
     for s, t in created_at.items():
         by_step[t].append(s)
-    rows: list[tuple[int, pulp.LpAffineExpression, bool]] = []
+    writes = writes or {}
+
+    def overwritten(t: int) -> int | None:
+        """The input the op at step t writes over (its last forward reader), if any."""
+        w = writes.get(graph.forward[t])
+        return w.storage if w is not None and last_use[w.storage] == t else None
+
+    def counted(s: int, t: int, over: int | None) -> bool:
+        """Whether storage s, created by step t, counts at step t whatever is kept."""
+        return s not in optional and ((last_use[s] >= t and s != over)
+                                      or s in graph.pinned_storages)
+
+    # The constant part of every row first (integers only): rows dominated by a later one
+    # are never built.
+    fixed_at: list[int] = []
     created: list[int] = []
-    for t in range(len(graph.forward)):
+    for t, n in enumerate(graph.forward):
         created.extend(by_step[t])
-        fixed = base
-        expr = pulp.LpAffineExpression()
-        n = graph.forward[t]
-        w = (writes or {}).get(n)
-        over = w.storage if w is not None and last_use[w.storage] == t else None
-        if n not in graph.packs:  # the node's temporaries while it runs (0 when estimated)
-            fixed += graph.nodes[n].workspace_bytes
-        if n in graph.packs and graph.nodes[n].workspace_bytes:
-            for s in graph.nodes[n].new_storages:
-                if s in keep0:
-                    expr += graph.nodes[n].workspace_bytes * keep0[s]
-        for s in created:
-            b = graph.storage_bytes[s]
-            if s in optional:
-                if s in keep0:
-                    expr += b * keep0[s]
-            elif (last_use[s] >= t and s != over) or s in graph.pinned_storages:
-                fixed += b
-            elif s in keep0:
-                expr += b * keep0[s]
-        expr += fixed
-        # A pack's workspace term appears in its own row only: never dominated.
-        rows.append((fixed, expr, n in graph.packs))
-    kept: list[pulp.LpAffineExpression] = []
+        over = overwritten(t)
+        fixed = base + (graph.nodes[n].workspace_bytes if n not in graph.packs else 0)
+        fixed_at.append(fixed + sum(graph.storage_bytes[s] for s in created
+                                    if counted(s, t, over)))
+    wanted: list[int] = []  # steps whose rows are kept, last step first
     best_later = -1
-    for fixed, expr, transient in reversed(rows):
-        if fixed > best_later or transient:
-            kept.append(expr)
-            best_later = max(best_later, fixed)
-    return kept
+    for t in range(len(graph.forward) - 1, -1, -1):
+        # A pack's workspace term appears in its own row only: never dominated.
+        if fixed_at[t] > best_later or graph.forward[t] in graph.packs:
+            wanted.append(t)
+            best_later = max(best_later, fixed_at[t])
+    created_by = [0] * len(graph.forward)  # how many storages exist after each step
+    total = 0
+    for t in range(len(graph.forward)):
+        total += len(by_step[t])
+        created_by[t] = total
+    created_in_order = [s for t in range(len(graph.forward)) for s in by_step[t]]
+    rows: list[pulp.LpAffineExpression] = []
+    for t in wanted:
+        n = graph.forward[t]
+        over = overwritten(t)
+        terms: list[tuple[pulp.LpVariable, float]] = []
+        if n in graph.packs and graph.nodes[n].workspace_bytes:
+            terms += [(keep0[s], graph.nodes[n].workspace_bytes)
+                      for s in graph.nodes[n].new_storages if s in keep0]
+        terms += [(keep0[s], graph.storage_bytes[s])
+                  for s in created_in_order[:created_by[t]]
+                  if s in keep0 and not counted(s, t, over)]
+        rows.append(linear(terms, constant=fixed_at[t]))
+    return rows
 
 
 def backward_live_bytes(graph: PlannerGraph) -> tuple[list[int], list[int]]:
@@ -264,11 +269,11 @@ def _live_to_end(k: int, s: int, copy: pulp.LpVariable,
     """An auxiliary that is 1 when ``copy`` (held or recomputed) of storage s lives until
     stage k's first node has run: read by the chosen option or kept for the next stage.
     None when neither can happen."""
-    lower = [ind + copy - 1 for ind in needs.readers(s)]
+    lower = [plus(ind, [(copy, 1)], -1) for ind in needs.readers(s)]
     if (k + 1, s) in keep and keep[k + 1, s] is not copy:
-        lower.append(keep[k + 1, s] + copy - 1)
+        lower.append(linear([(keep[k + 1, s], 1), (copy, 1)], -1))
     elif (k + 1, s) in keep:
-        lower.append(pulp.LpAffineExpression(copy))
+        lower.append(linear([(copy, 1)]))
     if not lower:
         return None
     var = pulp.LpVariable(f"{name}_{k}_{s}", lowBound=0, upBound=1)
@@ -311,9 +316,9 @@ def _recompute_phase_rows(graph: PlannerGraph, k: int, order: list[int],
                                                                 r_o + 1, nxt)]
             for i in range(len(later) - 1, -1, -1):
                 z = pulp.LpVariable(f"Z_{k}_{s}_{i}", lowBound=0, upBound=1)
-                lower = [recompute[k, order[later[i]]] + recompute[k, o] - 1]
+                lower = [linear([(recompute[k, order[later[i]]], 1), (recompute[k, o], 1)], -1)]
                 if nxt is not None:
-                    lower.append(pulp.LpAffineExpression(nxt))
+                    lower.append(linear([(nxt, 1)]))
                 aux.append(AuxVariable(z, lower))
                 start = later[i - 1] + 1 if i > 0 else r_o + 1
                 chain.append((start, z))

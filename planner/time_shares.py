@@ -17,10 +17,14 @@ from .milp_search import MILP_MIN_SHARE
 
 log = logging.getLogger(__name__)
 # PuLP builds the stage MILP at about this many stages x forward ops a second on this
-# project's 2-core machine (2026-12-03: MobileNet-V2's 28.6K in 0.9 s, ResNet-50's 35.5K in
-# 1.2 s, GoogLeNet's 54.1K in 2.4 s, the GPT's 62.1K in 3.0 s; DenseNet-201's 880K-binary
-# problem took two minutes).
-BUILD_SIZE_PER_SECOND = 20_000
+# project's 2-core machine, scaled to its reference speed. Since the build makes one
+# expression per row (``planner.lp_terms``; 2026-12-05, on a machine at 0.33x): GoogLeNet's
+# 54.1K in 3.8 s (6.6 s before), the GPT's 62.1K in 3.8-3.9 s (10.7 s), ResNet-50's 35.5K
+# in 1.9-2.2 s (3.7 s), MobileNet-V2's 28.6K in 1.4 s, U-Net's in 0.4-0.5 s: 44-170K a
+# second at the reference speed; 40K keeps every estimate above its build. (Before,
+# 2026-12-03 at the reference speed: 20K; DenseNet-201's 880K-binary problem took two
+# minutes.)
+BUILD_SIZE_PER_SECOND = 40_000
 # PuLP's rate of adding terms to expressions on the machine BUILD_SIZE_PER_SECOND was
 # measured on. Machines of the same kind differ: on 2026-12-05 one built the GPT's MILP in
 # 9.2 s (3.1x) and ResNet-50's in 4.5 s, and added 86K terms a second; so the estimate
@@ -30,12 +34,13 @@ REFERENCE_TERMS_PER_SECOND = 265_000
 # are not built: heuristic plans and the peak search answer alone.
 BUILD_MAX_SHARE = 0.5
 # LP rounding (planner.heuristic) takes about this many times the MILP's estimated build
-# (its build, the LP and the rounded plans' simulations: 1.4-2.9x, measured 2026-12-03 on
-# solve_bench's models at 1/2 and 1/3 with a 30 s LP limit), and runs only where that is at
+# (its build, the LP and the rounded plans' simulations), and runs only where that is at
 # most this share of the time left: at 5 s, ResNet-50's 3.5 s of LP took the time its
-# time-directed search needed (+174 % against +38 % with the search). 2.5 instead of 2
-# left MobileNet-V2 without a bound at 5 s.
-LP_COST = 2.0
+# time-directed search needed (+174 % against +38 % with the search). Measured at 1/3 with
+# a 30 s LP limit (2026-12-05, the faster build): GoogLeNet 2.64, the GPT 2.65, ResNet-50
+# 2.07, MobileNet-V2 1.55, U-Net 3.2 estimated builds. (Before, 2.0 of the slower build's:
+# 1.4-2.9x measured; 2.5 left MobileNet-V2 without a bound at 5 s.)
+LP_COST = 3.0
 LP_MAX_SHARE = 0.75
 
 
