@@ -6,6 +6,7 @@ anything of its own, so what runs is exactly what was planned and simulated.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from profiler.ir import BACKWARD, FORWARD, VARIANT_FORWARD
 
@@ -17,11 +18,12 @@ class ScheduleError(ValueError):
     """Decisions that cannot be executed (a needed tensor is neither kept nor recomputed)."""
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     """One record of a schedule: ``run`` a node, or ``free`` the value of a node. A run
     with ``impl`` set runs that variant implementation node and stores its value as
-    ``node``."""
+    ``node``. A named tuple, not a frozen dataclass: a search builds millions of them, and
+    a frozen dataclass took 2.5x as long to make one (its ``__init__`` sets each field
+    through ``object.__setattr__``)."""
 
     kind: str  # "run" | "free"
     node: int
@@ -120,6 +122,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     bpos = {n: t for t, n in enumerate(graph.executed)}
     rng: set[int] = set()
     steps = sched.backward
+    planned_nodes = {n.index for n in nodes if n.role in FORWARD_ROLES} | graph.derivable
     # Output gradients are there from the start; each is freed after its last reader.
     tangents = {m for m in graph.tangent_nodes if graph.backward_last_use[m] >= 0}
     for m in graph.tangent_nodes:
@@ -140,8 +143,9 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
 
         nxt = decisions.keep[k + 1] if k + 1 < len(graph.stages) else set()
         needed = graph.stage_need_storages(k, decisions.variants)
-        held_storages = env_storages(graph, env)  # recomputed ops allocate new storages
         order = sorted(decisions.recompute[k])
+        # recomputed ops allocate new storages
+        held_storages = env_storages(graph, env) if order else set()
         last_reader: dict[int, int] = {}  # storage -> rank of its last recomputed reader
         for rank, o in enumerate(order):
             for s in graph.op_inputs(o):
@@ -179,8 +183,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                 _free_where(graph, env, local, steps, k, lambda p: p <= dead)
                 local = [m for m in local if m in env]  # freed ones need no more looks
         # Before the backward phase: free what its first node cannot read and is not kept.
-        _free_where(graph, env, sorted(env), steps, k,
-                    lambda p: p.isdisjoint(needed) and p.isdisjoint(nxt))
+        _free_unread(graph, env, steps, k, needed | nxt)
         for j, e in enumerate(stage):
             runs = impl[e].impl if e in impl else e
             for i in nodes[runs].inputs:
@@ -195,10 +198,9 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                     tangents.discard(m)
                     steps.append(Step("free", m, k))
             if j == 0:  # only a stage's first node reads forward tensors
-                _free_where(graph, env, sorted(env), steps, k, lambda p: p.isdisjoint(nxt))
-        for m in sorted(env):
-            planned = nodes[m].role in FORWARD_ROLES or m in graph.derivable
-            if planned and (m in graph.derivable or not held(m, nxt)):
+                _free_unread(graph, env, steps, k, nxt)
+        for m in sorted(env & planned_nodes):
+            if m in graph.derivable or not held(m, nxt):
                 env.discard(m)
                 steps.append(Step("free", m, k))
     sched.rng_nodes = sorted(rng)
@@ -210,6 +212,17 @@ def env_storages(graph: PlannerGraph, env: set[int]) -> set[int]:
     for m in env:
         out.update(graph.nodes[m].storages)
     return out
+
+
+def _free_unread(graph: PlannerGraph, env: set[int], steps: list[Step], stage: int,
+                 live: set[int]) -> None:
+    """Free the forward (and derivable) nodes held in ``env`` none of whose planned
+    storages is in ``live``, in index order (``_free_where`` over all of ``env``, for the
+    scans every stage makes: only the freeable nodes are looked at)."""
+    for m in sorted(env & graph.freeable_nodes()):
+        if graph.planned_storages(m).isdisjoint(live):
+            env.discard(m)
+            steps.append(Step("free", m, stage))
 
 
 def _free_where(graph: PlannerGraph, env: set[int], candidates: list[int], steps: list[Step],

@@ -156,7 +156,7 @@ def test_simulator_refuses_reading_an_overwritten_value():
     for i, step in enumerate(schedule.forward):
         w = writes.get(step.node)
         if step.kind == "run" and step.into < 0 and w is not None:
-            schedule.forward[i] = dataclasses.replace(step, into=w.input)
+            schedule.forward[i] = step._replace(into=w.input)
             break
     with pytest.raises(SimulationError, match="after a run in place wrote over it"):
         simulate(case.profile, schedule)
