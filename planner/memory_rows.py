@@ -75,9 +75,11 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
     # The constant part of every row first (integers only): rows dominated by a later one
     # are never built.
     fixed_at: list[int] = []
-    created: list[int] = []
+    created: list[int] = []  # storages in creation order
+    created_by: list[int] = []  # how many of them exist after each step
     for t, n in enumerate(graph.forward):
         created.extend(by_step[t])
+        created_by.append(len(created))
         over = overwritten(t)
         fixed = base + (graph.nodes[n].workspace_bytes if n not in graph.packs else 0)
         fixed_at.append(fixed + sum(graph.storage_bytes[s] for s in created
@@ -89,12 +91,6 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
         if fixed_at[t] > best_later or graph.forward[t] in graph.packs:
             wanted.append(t)
             best_later = max(best_later, fixed_at[t])
-    created_by = [0] * len(graph.forward)  # how many storages exist after each step
-    total = 0
-    for t in range(len(graph.forward)):
-        total += len(by_step[t])
-        created_by[t] = total
-    created_in_order = [s for t in range(len(graph.forward)) for s in by_step[t]]
     rows: list[pulp.LpAffineExpression] = []
     for t in wanted:
         n = graph.forward[t]
@@ -104,7 +100,7 @@ def forward_memory_rows(graph: PlannerGraph, keep0: dict[int, pulp.LpVariable],
             terms += [(keep0[s], graph.nodes[n].workspace_bytes)
                       for s in graph.nodes[n].new_storages if s in keep0]
         terms += [(keep0[s], graph.storage_bytes[s])
-                  for s in created_in_order[:created_by[t]]
+                  for s in created[:created_by[t]]
                   if s in keep0 and not counted(s, t, over)]
         rows.append(linear(terms, constant=fixed_at[t]))
     return rows

@@ -123,6 +123,8 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     rng: set[int] = set()
     steps = sched.backward
     planned_nodes = {n.index for n in nodes if n.role in FORWARD_ROLES} | graph.derivable
+    # The per-stage free scans look at these only (all of env was 40 % of a GPT schedule).
+    freeable = graph.freeable_nodes()
     # Output gradients are there from the start; each is freed after its last reader.
     tangents = {m for m in graph.tangent_nodes if graph.backward_last_use[m] >= 0}
     for m in graph.tangent_nodes:
@@ -183,7 +185,8 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                 _free_where(graph, env, local, steps, k, lambda p: p <= dead)
                 local = [m for m in local if m in env]  # freed ones need no more looks
         # Before the backward phase: free what its first node cannot read and is not kept.
-        _free_unread(graph, env, steps, k, needed | nxt)
+        live = needed | nxt
+        _free_where(graph, env, sorted(env & freeable), steps, k, lambda p: p.isdisjoint(live))
         for j, e in enumerate(stage):
             runs = impl[e].impl if e in impl else e
             for i in nodes[runs].inputs:
@@ -198,7 +201,8 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
                     tangents.discard(m)
                     steps.append(Step("free", m, k))
             if j == 0:  # only a stage's first node reads forward tensors
-                _free_unread(graph, env, steps, k, nxt)
+                _free_where(graph, env, sorted(env & freeable), steps, k,
+                            lambda p: p.isdisjoint(nxt))
         for m in sorted(env & planned_nodes):
             if m in graph.derivable or not held(m, nxt):
                 env.discard(m)
@@ -212,17 +216,6 @@ def env_storages(graph: PlannerGraph, env: set[int]) -> set[int]:
     for m in env:
         out.update(graph.nodes[m].storages)
     return out
-
-
-def _free_unread(graph: PlannerGraph, env: set[int], steps: list[Step], stage: int,
-                 live: set[int]) -> None:
-    """Free the forward (and derivable) nodes held in ``env`` none of whose planned
-    storages is in ``live``, in index order (``_free_where`` over all of ``env``, for the
-    scans every stage makes: only the freeable nodes are looked at)."""
-    for m in sorted(env & graph.freeable_nodes()):
-        if graph.planned_storages(m).isdisjoint(live):
-            env.discard(m)
-            steps.append(Step("free", m, stage))
 
 
 def _free_where(graph: PlannerGraph, env: set[int], candidates: list[int], steps: list[Step],
