@@ -144,7 +144,10 @@ def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: So
     low_options = replace(options, time_limit_s=0.5 * options.time_limit_s)
     if too_large(graph, options.time_limit_s) or not milp_fits(
             graph, options, t0 + low_options.time_limit_s, "lowest-peak MILP"):
-        best, bound = peak_search_from(profile, graph, low_options, candidates), None
+        # For a budget searched in vain, the first plan that fits it is the one wanted.
+        best = peak_search_from(profile, graph, low_options, candidates,
+                                stop_at=above if above > floor else None)
+        bound = None
     else:
         best, outcome = lowest_peak_search(profile, graph, backend, low_options, candidates)
         bound = tightest_bound(outcome.bound)
