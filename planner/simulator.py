@@ -88,27 +88,29 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
 
     def replay(steps, backward: bool) -> None:
         nonlocal time_s, recompute_s
-        for step in steps:
-            n = nodes[step.node]
-            if step.kind == "run":
-                op = nodes[step.runs]  # a variant's implementation runs as its site
-                if step.impl >= 0 and (op.role != "variant_backward" or op.site != n.index):
+        # Once per step of every schedule a search simulates: fields are unpacked once, and
+        # the checks that find nothing wrong cost a set operation each.
+        for kind, index, _stage, impl, into in steps:
+            n = nodes[index]
+            if kind == "run":
+                op = nodes[impl] if impl >= 0 else n  # a variant's implementation runs as its site
+                if impl >= 0 and (op.role != "variant_backward" or op.site != n.index):
                     raise SimulationError(f"{op.name} is not a variant of {n.name}")
-                missing = [i for i in op.inputs if i not in env]
-                if missing:
+                if not env.issuperset(op.inputs):
+                    missing = [i for i in op.inputs if i not in env]
                     raise SimulationError(f"{op.name} runs without {nodes[missing[0]].name}")
-                stale = [i for i in op.inputs if overwritten.intersection(nodes[i].storages)]
-                if stale:
-                    raise SimulationError(f"{op.name} reads {nodes[stale[0]].name} after a "
-                                          "run in place wrote over it")
-                if step.node in env:
+                if overwritten:
+                    stale = [i for i in op.inputs if overwritten.intersection(nodes[i].storages)]
+                    if stale:
+                        raise SimulationError(f"{op.name} reads {nodes[stale[0]].name} after "
+                                              "a run in place wrote over it")
+                if index in env:
                     raise SimulationError(f"{n.name} runs while its value is held")
-                if step.into >= 0 and (step.into not in op.inputs
-                                       or len(nodes[step.into].storages) != 1):
-                    raise SimulationError(f"{op.name} cannot write over {nodes[step.into].name}")
-                add(step.node)
-                if step.into >= 0:  # the output takes over the input's bytes
-                    s = nodes[step.into].storages[0]
+                if into >= 0 and (into not in op.inputs or len(nodes[into].storages) != 1):
+                    raise SimulationError(f"{op.name} cannot write over {nodes[into].name}")
+                add(index)
+                if into >= 0:  # the output takes over the input's bytes
+                    s = nodes[into].storages[0]
                     overwritten.add(s)
                     release(s)
                 memory.append(live + op.workspace_bytes)
@@ -118,13 +120,13 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
                 if backward and n.role == "forward":
                     recompute_s += op.time_s
                 if not backward:
-                    ran_forward.add(step.node)
-            elif step.kind == "free":
-                if step.node not in env:
+                    ran_forward.add(index)
+            elif kind == "free":
+                if index not in env:
                     raise SimulationError(f"{n.name} is freed but not held")
-                drop(step.node)
+                drop(index)
             else:
-                raise SimulationError(f"unknown step kind {step.kind!r}")
+                raise SimulationError(f"unknown step kind {kind!r}")
 
     phase[0] = "kept"
     replay(schedule.forward, backward=False)
