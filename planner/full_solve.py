@@ -26,6 +26,7 @@ from collections import deque
 from profiler.ir import FORWARD, Profile
 
 from .backends import SolveOptions, SolveOutcome
+from .heuristic import LPRounding
 from .in_place import pointwise_out_targets
 from .schedule import Decisions
 
@@ -114,6 +115,7 @@ class FullSolveProcess:
         self.done: tuple[str, float | None, float | None, float] | None = None
         self._solution: tuple[float, str] | None = None  # the newest not yet taken
         self._other: deque[str] = deque(maxlen=20)  # anything else it wrote (an error)
+        self._lp_path: str | None = None  # its LP relaxation's optimum, for rounding
         self.process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=None if options.verbose else
             subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
@@ -137,6 +139,9 @@ class FullSolveProcess:
         elif fields[:1] == ["SOLUTION"] and len(fields) == 3:
             self._solution = (float(fields[1]), fields[2].rstrip("\n"))
             self._note(float(fields[1]), None)
+        elif fields[:1] == ["LP"] and len(fields) == 3:
+            self._lp_path = fields[2]
+            self._note(None, _float(fields[1]))
         elif fields[:1] == ["CUTS"] and len(fields) == 4:
             log.info("full MILP: %s of %s recomputation cuts added in %.1f s", fields[1],
                      fields[2], float(fields[3]))
@@ -159,6 +164,24 @@ class FullSolveProcess:
     @property
     def proved_optimal(self) -> bool:
         return self.done is not None and self.done[0] == "optimal"
+
+    def lp_rounding(self, until: float) -> LPRounding | None:
+        """The worker's plain LP relaxation optimum (``planner.heuristic.LPRounding``),
+        waiting for it until ``until`` (``time.perf_counter()``); None if it did not come
+        by then (the LP took longer, or the worker ended without one)."""
+        while self._lp_path is None and not self.finished and time.perf_counter() < until:
+            time.sleep(0.05)
+        if self._lp_path is None and self.finished:
+            self._reader.join(timeout=1.0)  # the lines it wrote before it ended
+        path = self._lp_path
+        if path is None or path == "none":
+            return None
+        try:
+            with open(path) as f:
+                return LPRounding.from_json(json.load(f))
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("full MILP's LP relaxation %s unreadable: %s", path, e)
+            return None
 
     def take_plan(self) -> tuple[float, Decisions] | None:
         """The newest plan found since the last call, and its objective."""

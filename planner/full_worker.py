@@ -8,6 +8,9 @@ on stderr, one line each:
   where there is none yet);
 * ``CUTS <added> <candidates> <seconds>``: the recomputation cuts its LP relaxation
   violated (``planner.recompute_cuts.separate``), added before the branch and bound;
+* ``LP <objective> <path>``: the plain LP relaxation's optimum, saved for rounding
+  (``planner.heuristic.LPRounding``, JSON), so that the planner need not solve the same LP
+  on its own core;
 * ``SOLUTION <objective> <path>``: an improving plan, saved as decisions (JSON); the path
   is the rest of the line;
 * ``DONE <status> <objective> <bound> <seconds>`` at the end.
@@ -95,6 +98,7 @@ def main() -> None:
     from planner.candidates import planner_graph
     from planner.formulation import build_stage_milp
     from planner.full_solve import read_decisions, write_decisions
+    from planner.heuristic import LPRounding
     from planner.in_place import remember_pointwise_out
     from planner.recompute_cuts import recomputation_cuts, separate
     from planner.window_highs import PersistentHiGHS
@@ -111,13 +115,34 @@ def main() -> None:
     model = PersistentHiGHS(milp.problem, args.gap, args.threads, args.verbose)
     h = model.highs
     columns = milp.vectors.columns
-    # The recomputation cuts its LP relaxation violates, in a quarter of the time at most.
-    cuts = recomputation_cuts(graph, milp.keep, milp.recompute,
-                              graph.variant_sites(args.variants))
+    # The recomputation cuts its LP relaxation violates, in a quarter of the time at most;
+    # made after the first LP, which the planner waits for.
+    made: list = []
+
+    def cuts() -> list:
+        made.extend(recomputation_cuts(graph, milp.keep, milp.recompute,
+                                       graph.variant_sites(args.variants)))
+        return made
+    lp_sent = []
+
+    def solved_lp(round_: int, x, objective: float) -> None:
+        """Every LP solved is a bound; the first, the plain relaxation, is rounded."""
+        _emit("PROGRESS", _number(time.perf_counter() - t0), "nan", _number(objective))
+        if round_ == 0:
+            lp_sent.append(True)
+            for v, value in zip(model.variables, x):
+                v.varValue = float(value)
+            path = os.path.join(args.dir, "lp.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(LPRounding.of(milp, graph).to_json(), f)
+            os.replace(path + ".tmp", path)
+            _emit("LP", _number(objective), path)
+
     added = separate(h, cuts, deadline=t0 + CUT_SHARE * args.time_limit,
-                     rounds=CUT_ROUNDS,
-                     add_rest_above=ADD_REST_ABOVE)
-    _emit("CUTS", added, len(cuts), _number(time.perf_counter() - t0))
+                     rounds=CUT_ROUNDS, add_rest_above=ADD_REST_ABOVE, on_lp=solved_lp)
+    if not lp_sent:
+        _emit("LP", "nan", "none")  # none is coming: the planner need not wait
+    _emit("CUTS", added, len(made), _number(time.perf_counter() - t0))
 
     def point(path: str):
         """The column values of the decisions in ``path``, or None if they are no point.

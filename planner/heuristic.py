@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pulp
 
-from .formulation import build_stage_milp
+from .formulation import StageMILP, build_stage_milp
 from .graph import PlannerGraph
 from .schedule import Decisions
 from .window_highs import use_highs_threads
@@ -85,13 +86,63 @@ def module_block_candidates(graph: PlannerGraph, variants: dict[int, str] | None
             yield checkpoint_decisions(graph, set(checkpoints), variants)
 
 
+@dataclass
+class LPRounding:
+    """What rounding needs of an LP relaxation's optimum: its objective (a lower bound on
+    the MILP's), per op the largest share of its outputs the LP keeps after the forward
+    pass, the variants it chooses to at least one half, and the problem's writes in
+    place. Plain data: the full MILP's process (``planner.full_worker``) sends it here."""
+
+    objective: float
+    score: dict[int, float]
+    variants: dict[int, str]
+    in_place: str
+
+    @classmethod
+    def of(cls, milp: StageMILP, graph: PlannerGraph) -> "LPRounding":
+        """From ``milp``'s variables, holding the LP relaxation's solution."""
+        score = {o: 0.0 for o in graph.ops()}
+        for (k, s), v in milp.keep.items():
+            if k == 0 and graph.creator[s] in score:
+                score[graph.creator[s]] = max(score[graph.creator[s]], v.value() or 0.0)
+        variants = {e: name for (e, name), v in milp.variant.items() if (v.value() or 0) >= 0.5}
+        return cls(pulp.value(milp.problem.objective), score, variants, milp.in_place)
+
+    def to_json(self) -> dict:
+        return {"objective": self.objective, "score": {str(o): x for o, x in self.score.items()},
+                "variants": {str(e): n for e, n in self.variants.items()},
+                "in_place": self.in_place}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LPRounding":
+        return cls(float(data["objective"]), {int(o): float(x) for o, x in data["score"].items()},
+                   {int(e): str(n) for e, n in data["variants"].items()}, str(data["in_place"]))
+
+
+LP_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99)
+
+
+def rounded_candidates(graph: PlannerGraph, rounding: LPRounding,
+                       thresholds: tuple[float, ...] = LP_THRESHOLDS) -> list[Decisions]:
+    """Checkpoint plans from an LP relaxation's optimum: ops whose outputs the LP keeps
+    after the forward pass to at least a threshold become checkpoints, with the variants
+    the LP chooses."""
+    candidates, seen = [], set()
+    for t in thresholds:
+        chosen = frozenset(o for o, x in rounding.score.items() if x >= t)
+        if chosen not in seen:
+            seen.add(chosen)
+            candidates.append(checkpoint_decisions(graph, set(chosen), rounding.variants,
+                                                   in_place=rounding.in_place))
+    return candidates
+
+
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
-                           thresholds: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99),
+                           thresholds: tuple[float, ...] = LP_THRESHOLDS,
                            time_limit_s: float = 30.0, variants: str = "all"
                            ) -> tuple[list[Decisions], float | None]:
-    """Checkpoint plans from the LP relaxation: ops whose outputs the LP keeps after the
-    forward pass to at least a threshold become checkpoints; variants the LP chooses to at
-    least one half are chosen. Also returns the LP's optimum, a lower bound on the MILP's
+    """Checkpoint plans from the LP relaxation (``rounded_candidates``), solved here in at
+    most ``time_limit_s``. Also returns the LP's optimum, a lower bound on the MILP's
     (None if the LP was not solved)."""
     milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
                             variants=variants)
@@ -104,21 +155,8 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
         log.info("LP relaxation not solved to optimality in %.0f s (%s)", time_limit_s,
                  pulp.LpSolution.get(milp.problem.sol_status, milp.problem.sol_status))
         return [], None
-    bound = pulp.value(milp.problem.objective)
-    variants = {e: name for (e, name), v in milp.variant.items() if (v.value() or 0) >= 0.5}
-    ops = graph.ops()
-    score = {o: 0.0 for o in ops}
-    for (k, s), v in milp.keep.items():
-        if k == 0 and graph.creator[s] in score:
-            score[graph.creator[s]] = max(score[graph.creator[s]], v.value() or 0.0)
-    candidates, seen = [], set()
-    for t in thresholds:
-        chosen = frozenset(o for o in ops if score[o] >= t)
-        if chosen not in seen:
-            seen.add(chosen)
-            candidates.append(checkpoint_decisions(graph, set(chosen), variants,
-                                                   in_place=milp.in_place))
-    return candidates, bound
+    rounding = LPRounding.of(milp, graph)
+    return rounded_candidates(graph, rounding, thresholds), rounding.objective
 
 
 def structural_candidates(graph: PlannerGraph, times: list[float],

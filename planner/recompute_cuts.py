@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 
 import numpy as np
 import pulp
@@ -124,26 +125,39 @@ def _add_row(highs, row: tuple[np.ndarray, np.ndarray, float, int]) -> None:
     highs.addRow(low, high, len(idx), idx, coef)
 
 
-def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int = 10,
-             tolerance: float = 1e-6, add_rest_above: float | None = None) -> int:
+def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpConstraint]],
+             deadline: float, rounds: int = 10, tolerance: float = 1e-6,
+             add_rest_above: float | None = None,
+             on_lp: Callable[[int, np.ndarray, float], None] | None = None) -> int:
     """Add to the HiGHS model ``highs`` (built from the problem by PuLP, so every variable
     has its column ``index``) the cuts its LP relaxation violates, re-solving the LP after
     each round until none is violated, ``rounds`` rounds were made or ``deadline``
     (``time.perf_counter()``) has passed. If it stopped with more than ``add_rest_above`` of
     the cuts it checked last still violated (far from done: its next rounds would add many;
     no LP solved in time counts as all violated), all the others are added too, without
-    re-solving. The model's integrality is restored.
-    Returns how many cuts were added."""
+    re-solving. The model's integrality is restored. ``on_lp`` is called with the round,
+    the solution and the objective of every LP solved to optimality (the first is the
+    plain relaxation's; each objective is a lower bound on the MILP's). ``cuts`` may be a
+    function that makes them, called after the first LP (whose ``on_lp`` then comes
+    sooner). Returns how many cuts were added."""
     import highspy
-    if not cuts:
+    rows: list | None = None
+    pending: list[int] = []
+
+    def make_rows() -> list:
+        nonlocal rows, pending
+        made = cuts() if callable(cuts) else cuts
+        rows = [(np.array([v.index for v in c.keys()], dtype=np.int32),
+                 np.array(list(c.values()), dtype=float), -c.constant, c.sense) for c in made]
+        pending = list(range(len(rows)))
+        return rows
+
+    if not callable(cuts) and not make_rows():
         return 0
-    rows = [(np.array([v.index for v in c.keys()], dtype=np.int32),
-             np.array(list(c.values()), dtype=float), -c.constant, c.sense) for c in cuts]
     n = highs.getNumCol()
     columns = np.arange(n, dtype=np.int32)
     integrality = np.array(highs.getLp().integrality_, dtype=np.uint8)
     highs.changeColsIntegrality(n, columns, np.zeros(n, dtype=np.uint8))
-    pending = list(range(len(rows)))
     added = 0
     violated_share = 1.0
     try:
@@ -155,6 +169,10 @@ def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int 
             if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
                 break
             x = np.asarray(highs.getSolution().col_value)
+            if on_lp is not None:
+                on_lp(r, x, highs.getInfo().objective_function_value)
+            if rows is None and not make_rows():
+                break
             violated, kept = [], []
             for i in pending:
                 idx, coef, rhs, sense = rows[i]
@@ -171,6 +189,8 @@ def separate(highs, cuts: list[pulp.LpConstraint], deadline: float, rounds: int 
                 _add_row(highs, rows[i])
             added += len(violated)
             pending = kept
+        if rows is None and add_rest_above is not None:
+            make_rows()  # no LP solved in time: all of them count as violated
         if add_rest_above is not None and violated_share > add_rest_above and pending:
             log.info("%.0f%% of the cuts still violated when the separation stopped: adding "
                      "the other %d", 100 * violated_share, len(pending))

@@ -148,6 +148,10 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         # of at most 12 ops, found nothing (U-Net's measured profile at 1/3: its MILP is
         # infeasible); from this plan, windows reach +41.2 % with any depth, +51.1 % with 12.
         fitting.append(lowest)
+        # The LP bound so far is of the problem with chains of at most 12 ops, which
+        # recomputes less than the plans from here may: no bound on them (U-Net at 1/3:
+        # 0.01496 s, the LP with chains of any depth 0.01468 s). The MILP below gives one.
+        lp_bound = None
         milp, outcome, from_milp, objective_of_milp = _faster_from(
             profile, graph, lowest, budget_bytes, backend, options, fitting, heuristic_only,
             deadline, max_recompute_depth=None)
@@ -195,7 +199,7 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     candidates, the LP bound, and the MILP search's problem, outcome, plan and objective."""
     candidates, lp_bound = heuristic_candidates(
         profile, graph, budget_bytes, options.time_limit_s / 4, options.variants,
-        lp=not heuristic_only and lp_fits(graph, deadline), deadline=deadline)
+        lp=not heuristic_only and lp_fits(graph, deadline), deadline=deadline, full=full)
     hints = [*hints, *low_plans(profile.graph_hash)]
     candidates += [evaluate(profile, graph, d) for d in hints
                    if uses_only_variants(graph, options.variants, d)]

@@ -215,3 +215,36 @@ def test_lowest_peak_search_beside_the_worker(caplog):
     assert outcome.bound <= lowest.result.peak_bytes * MIB_SCALE * (1 + 1e-6)
     again = simulate(profile, build_schedule(graph, lowest.decisions))
     assert again.peak_bytes == lowest.result.peak_bytes
+
+
+def test_worker_sends_the_lp_relaxation_rounded_here():
+    """The worker's plain LP relaxation (``FullSolveProcess.lp_rounding``) is the one
+    ``lp_rounding_candidates`` solves in this process: the same optimum, and its rounded
+    plans are plans that run. Where its LP has no optimum (a budget no plan fits) it says
+    so at once instead of leaving the planner to wait until ``until``."""
+    from planner.candidates import evaluate
+    from planner.heuristic import lp_rounding_candidates, rounded_candidates
+    profile = model_case("resnet18").profile
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    budget = int(0.6 * peak)
+    full = FullSolveProcess(profile, budget, 30.0, SolveOptions())
+    try:
+        rounding = full.lp_rounding(time.perf_counter() + 25.0)
+    finally:
+        full.stop()
+    here, bound = lp_rounding_candidates(graph, times, budget)
+    assert rounding is not None and bound is not None
+    assert rounding.objective == pytest.approx(bound, rel=1e-6, abs=1e-9)
+    plans = rounded_candidates(graph, rounding)
+    assert plans and here
+    assert all(evaluate(profile, graph, d).result.time_s > 0 for d in plans)
+
+    full = FullSolveProcess(profile, 1, 30.0, SolveOptions())
+    try:
+        t0 = time.perf_counter()
+        assert full.lp_rounding(t0 + 25.0) is None
+        assert time.perf_counter() - t0 < 20.0
+    finally:
+        full.stop()
