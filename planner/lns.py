@@ -58,15 +58,16 @@ def _stage_spans(milp: StageMILP, graph: PlannerGraph) -> tuple[np.ndarray, np.n
 
 def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, backend: str,
                        options: SolveOptions, time_budget_s: float, window: int = 16,
-                       step_limit_s: float = 3.0, full: FullSolveProcess | None = None
-                       ) -> tuple[Decisions, int]:
+                       step_limit_s: float = 3.0, full: FullSolveProcess | None = None,
+                       persistent: PersistentHiGHS | None = None) -> tuple[Decisions, int]:
     """Improve ``start`` (a point of ``milp``) by re-solving windows of ``window`` stages
     with everything else fixed, until ``time_budget_s`` is spent. A sweep over the backward
     pass that finds nothing better doubles the window (a larger neighbourhood); the search
     ends when a window spanning every stage finds nothing. With ``full`` (the full MILP
     solving in another process) its plans are taken up between windows from the second
     sweep on, and the window search's are offered to it; the search ends when it proves
-    optimality. The first sweep keeps to ``start`` unless the worker's plan is far better
+    optimality. ``persistent``: ``milp``'s HiGHS model, if one was built already (HiGHS
+    only). The first sweep keeps to ``start`` unless the worker's plan is far better
     (``FIRST_SWEEP_TAKE_UP``): a lower objective is not a better place to search from
     (GoogLeNet at 1/3 of its peak: windows from the worker's 9.67 s plan ended at 8.06 s,
     from the 12.11 s start at 4.01 s, in the same 60 s solve). Returns the best decisions
@@ -82,8 +83,9 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     best_obj = vectors.objective_of(best_x)
     deadline = time.perf_counter() + time_budget_s
     improved = 0
-    persistent = None
-    if backend == "highs":  # one model, re-solved with changed bounds
+    if backend != "highs":
+        persistent = None
+    elif persistent is None:  # one model, re-solved with changed bounds
         persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
                                      options.verbose)
 

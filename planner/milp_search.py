@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from profiler.ir import Profile
 
-from .backends import SolveOptions, SolveOutcome, solve_problem, tightest_bound
+from .backends import SolveOptions, SolveOutcome, outcome_of, solve_problem, tightest_bound
 from .budget import format_bytes
 from .candidates import Evaluation, evaluate
 from .formulation import StageMILP, build_stage_milp
@@ -25,6 +25,7 @@ from .full_solve import FullSolveProcess
 from .graph import PlannerGraph
 from .lns import improve_by_windows
 from .schedule import Decisions
+from .window_highs import PersistentHiGHS
 
 log = logging.getLogger(__name__)
 # Share of the time left after the heuristics that the full MILP gets; window-by-window
@@ -130,11 +131,18 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     # +17.2 % with it, +20.6-21.3 % from the start alone), the worker's problem may not
     # contain the start (deeper recomputations than its candidates), and small problems are
     # proved (or refuted) at once, while the worker still imports torch and builds its own.
-    if start is not None:
-        milp.set_start(start.decisions)
-    first = solve_problem(milp.problem, "highs", replace(
-        options, time_limit_s=LNS_SHARE * (deadline - time.perf_counter()),
-        warm_start=start is not None))
+    # On one HiGHS model, which the window search then re-solves.
+    limit = LNS_SHARE * (deadline - time.perf_counter())
+    log.info("solving with highs: %d variables, %d constraints, time limit %.1f s",
+             milp.vectors.columns, len(milp.problem.constraints), limit)
+    t0 = time.perf_counter()
+    persistent = PersistentHiGHS(milp.problem, options.gap, options.threads, options.verbose)
+    status, bound = persistent.solve_whole(
+        milp.vectors.values(start.decisions)[:milp.vectors.columns].tolist()
+        if start is not None else None, limit)
+    first = outcome_of(milp.problem, status, time.perf_counter() - t0, bound)
+    log.info("highs: %s in %.2f s, objective %s, bound %s", first.status, first.seconds,
+             first.objective, first.bound)
     decisions = start.decisions if start is not None else None
     if first.has_solution:
         found = milp.decisions(len(graph.stages))
@@ -157,7 +165,7 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     if decisions is not None and not full.proved_optimal and not proved_here:
         decisions, steps = improve_by_windows(
             milp, graph, decisions, "highs", options, deadline - time.perf_counter(),
-            full=full)
+            full=full, persistent=persistent)
     # The window search ends early only when it has converged (a window spanning every
     # stage found nothing) or the worker proved its plan: then the solve ends, as in one
     # process, with the bound the worker has reached.

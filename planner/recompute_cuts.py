@@ -128,7 +128,8 @@ def _add_row(highs, row: tuple[np.ndarray, np.ndarray, float, int]) -> None:
 def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpConstraint]],
              deadline: float, rounds: int = 10, tolerance: float = 1e-6,
              add_rest_above: float | None = None,
-             on_lp: Callable[[int, np.ndarray, float], None] | None = None) -> int:
+             on_lp: Callable[[int, np.ndarray, float], None] | None = None,
+             first_deadline: float | None = None) -> int:
     """Add to the HiGHS model ``highs`` (built from the problem by PuLP, so every variable
     has its column ``index``) the cuts its LP relaxation violates, re-solving the LP after
     each round until none is violated, ``rounds`` rounds were made or ``deadline``
@@ -139,7 +140,8 @@ def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpCon
     the solution and the objective of every LP solved to optimality (the first is the
     plain relaxation's; each objective is a lower bound on the MILP's). ``cuts`` may be a
     function that makes them, called after the first LP (whose ``on_lp`` then comes
-    sooner). Returns how many cuts were added."""
+    sooner); ``first_deadline``, if later than ``deadline``, is the first LP's.
+    Returns how many cuts were added."""
     import highspy
     rows: list | None = None
     pending: list[int] = []
@@ -162,9 +164,10 @@ def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpCon
     violated_share = 1.0
     try:
         for r in range(rounds):
-            if time.perf_counter() >= deadline:
+            until = max(deadline, first_deadline or deadline) if r == 0 else deadline
+            if time.perf_counter() >= until:
                 break
-            highs.setOptionValue("time_limit", max(deadline - time.perf_counter(), 0.1))
+            highs.setOptionValue("time_limit", max(until - time.perf_counter(), 0.1))
             highs.run()
             if highs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
                 break

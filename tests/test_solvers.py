@@ -83,6 +83,33 @@ def test_windows_never_make_a_plan_worse(resnet18_windows):
                for v in milp.problem.variables())
 
 
+def test_whole_solve_on_the_window_model_is_pulps():
+    """``PersistentHiGHS.solve_whole`` (the first solve of the MILP search, on the model the
+    windows then re-solve) proves the same optimum as PuLP's HiGHS solve of the problem,
+    from a start or without one, and says infeasible where it is."""
+    from planner.window_highs import PersistentHiGHS
+    profile = model_case("gpt").profile  # proved optimal in about a second at 0.9
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    milp = build_stage_milp(graph, times, int(0.9 * peak))
+    reference = solve_problem(milp.problem, "highs", SolveOptions(time_limit_s=60))
+    assert reference.status == "optimal"
+    start = milp.vectors.values(milp.decisions(len(graph.stages)))[:milp.vectors.columns]
+    for first in (start.tolist(), None):
+        model = PersistentHiGHS(milp.problem, 1e-4, None)
+        status, bound = model.solve_whole(first, 60.0)
+        assert status == "optimal"
+        found = milp.decisions(len(graph.stages))
+        assert milp.objective_of(found) == pytest.approx(reference.objective, rel=1e-4,
+                                                         abs=1e-12)
+        assert bound is not None and bound <= milp.objective_of(found) + 1e-9
+        assert simulate(profile, build_schedule(graph, found)).peak_bytes <= milp.budget
+    tight = build_stage_milp(graph, times, 1)
+    assert PersistentHiGHS(tight.problem, 1e-4, None).solve_whole(None, 60.0)[0] == \
+        "infeasible"
+
+
 class _FakeWorker:
     """Stands in for the full MILP process: one plan, claimed at ``claimed`` objective,
     handed over on the first call; every look at its bound (once per window) is logged."""
