@@ -139,13 +139,15 @@ def rounded_candidates(graph: PlannerGraph, rounding: LPRounding,
 
 def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int | None,
                            thresholds: tuple[float, ...] = LP_THRESHOLDS,
-                           time_limit_s: float = 30.0, variants: str = "all"
+                           time_limit_s: float = 30.0, variants: str = "all",
+                           max_recompute_depth: int | None = 12
                            ) -> tuple[list[Decisions], float | None]:
     """Checkpoint plans from the LP relaxation (``rounded_candidates``), solved here in at
     most ``time_limit_s``. Also returns the LP's optimum, a lower bound on the MILP's
-    (None if the LP was not solved)."""
+    with recomputation chains of at most ``max_recompute_depth`` ops (None: any, a bound
+    on every plan; None if the LP was not solved)."""
     milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
-                            variants=variants)
+                            variants=variants, max_recompute_depth=max_recompute_depth)
     for v in milp.problem.variables():
         v.cat = pulp.LpContinuous
     use_highs_threads(None)

@@ -22,6 +22,7 @@ from .floor import peak_floor
 from .formulation import StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
+from .heuristic import lp_rounding_candidates
 from .in_place import allowed_writes, in_place_summary
 from .lowest import (
     InfeasibleBudgetError,
@@ -35,6 +36,7 @@ from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
 from .time_search import faster_within
 from .time_shares import (
+    LP_COST,
     estimated_build_s,
     lp_fits,
     milp_fits,
@@ -150,8 +152,9 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         fitting.append(lowest)
         # The LP bound so far is of the problem with chains of at most 12 ops, which
         # recomputes less than the plans from here may: no bound on them (U-Net at 1/3:
-        # 0.01496 s, the LP with chains of any depth 0.01468 s). The MILP below gives one.
-        lp_bound = None
+        # 0.01496 s, the LP with chains of any depth 0.01468 s). That of any depth is, and
+        # the MILP below, time-limited, often stops before its own (U-Net: 0).
+        lp_bound = _any_depth_lp_bound(graph, times, budget_bytes, options, deadline)
         milp, outcome, from_milp, objective_of_milp = _faster_from(
             profile, graph, lowest, budget_bytes, backend, options, fitting, heuristic_only,
             deadline, max_recompute_depth=None)
@@ -244,6 +247,26 @@ def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None
             worker_outcome(profile, graph, budget_bytes, fitting, deadline, full)
     return milp_search(profile, graph, budget_bytes, backend, options, start, fitting,
                        deadline, full, max_recompute_depth)
+
+
+# The most of the time left the LP bound of a near-miss plan may take (U-Net's at 1/3: a
+# 0.9 s build and about a second of LP on a machine a third of the reference speed).
+ANY_DEPTH_LP_SHARE = 0.15
+
+
+def _any_depth_lp_bound(graph: PlannerGraph, times: list[float], budget_bytes: int,
+                        options: SolveOptions, deadline: float) -> float | None:
+    """The LP relaxation's optimum with recomputation chains of any depth (a bound on every
+    plan), where its build and a share of the time left fit; None otherwise."""
+    left = deadline - time.perf_counter()
+    if too_large(graph, options.time_limit_s) or \
+            LP_COST * estimated_build_s(graph) > ANY_DEPTH_LP_SHARE * left:
+        return None
+    _, bound = lp_rounding_candidates(graph, times, budget_bytes, thresholds=(),
+                                      time_limit_s=ANY_DEPTH_LP_SHARE * left,
+                                      variants=options.variants, max_recompute_depth=None)
+    log.info("LP bound with chains of any depth: %s", bound)
+    return bound
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None

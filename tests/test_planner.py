@@ -244,3 +244,25 @@ def test_lowest_plan_goes_on_from_a_near_miss(resnet18_near_miss):
     assert best.result.peak_bytes <= budget and bound is None
     assert time.perf_counter() - t0 < 8  # it stopped there, not at its limit
     assert evaluate(profile, graph, best.decisions).result == best.result
+
+
+def test_any_depth_lp_bound_is_below_every_fitting_plan():
+    """The LP relaxation with recomputation chains of any depth (the bound a near-miss plan,
+    which may recompute deeper than 12 ops, is reported against) is at most the one with
+    chains of at most 12 ops (a restriction of it) and at most the extra time of every
+    checkpoint plan that fits the budget."""
+    from planner.heuristic import lp_rounding_candidates
+    profile = model_case("resnet18").profile
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    base = evaluate(profile, graph, baseline_decisions(graph))
+    budget = int(0.75 * base.result.peak_bytes)
+    _, any_depth = lp_rounding_candidates(graph, times, budget, thresholds=(),
+                                          max_recompute_depth=None)
+    _, chains_of_12 = lp_rounding_candidates(graph, times, budget, thresholds=())
+    assert any_depth is not None and chains_of_12 is not None
+    assert any_depth <= chains_of_12 + 1e-9
+    fitting = [e for e in (evaluate(profile, graph, d) for d in structural_candidates(
+        graph, times)) if e.result.peak_bytes <= budget]
+    assert fitting
+    assert all(any_depth <= e.result.time_s - base.result.time_s + 1e-9 for e in fitting)
