@@ -52,12 +52,7 @@ class _WarmHiGHS(pulp.HiGHS):
                 solution.col_value = values  # a pybind list: assign it whole
                 solution.value_valid = True
                 lp.solverModel.setSolution(solution)
-        progress = ProgressLog("highs")
-
-        def report(event) -> None:
-            d = event.data_out
-            progress.update(d.mip_primal_bound, d.mip_dual_bound, d.running_time)
-
+        report = ProgressLog("highs").highs_event
         lp.solverModel.cbMipImprovingSolution.subscribe(report)
         lp.solverModel.cbMipInterrupt.subscribe(report)  # called periodically
         use_highs_threads(self.threads)

@@ -108,7 +108,7 @@ def main() -> None:
     from planner.heuristic import LPRounding
     from planner.in_place import remember_pointwise_out
     from planner.recompute_cuts import recomputation_cuts, separate
-    from planner.window_highs import PersistentHiGHS
+    from planner.window_highs import PersistentHiGHS, highs_status
     from profiler.ir import Profile
 
     profile = Profile.load(args.profile)
@@ -137,8 +137,7 @@ def main() -> None:
         _emit("PROGRESS", _number(time.perf_counter() - t0), "nan", _number(objective))
         if round_ == 0:
             lp_sent.append(True)
-            for v, value in zip(model.variables, x):
-                v.varValue = float(value)
+            model.set_values(x)
             path = os.path.join(args.dir, "lp.json")
             with open(path + ".tmp", "w") as f:
                 json.dump(LPRounding.of(milp, graph).to_json(), f)
@@ -190,8 +189,7 @@ def main() -> None:
                   _number(d.mip_dual_bound))
 
     def save(values, objective: float) -> None:
-        for v, x in zip(model.variables, values):
-            v.varValue = float(x)
+        model.set_values(values)
         state["found"] += 1
         state["best"] = objective
         path = os.path.join(args.dir, f"found_{state['found']}.json")
@@ -220,15 +218,9 @@ def main() -> None:
     h.cbMipImprovingSolution.subscribe(improving)
     h.cbMipUserSolution.subscribe(user_solution)
     h.run()
-    model_status = h.getModelStatus()
     info = h.getInfo()
     found = info.primal_solution_status >= 2
-    if model_status == highspy.HighsModelStatus.kOptimal:
-        status = "optimal"
-    elif model_status == highspy.HighsModelStatus.kInfeasible:
-        status = "infeasible"
-    else:
-        status = "feasible" if found else "no_solution"
+    status = highs_status(h)
     if found and info.objective_function_value < state["best"] - 1e-12:
         # The final plan is reported even if no callback saw it (e.g. the MIP start).
         save(h.getSolution().col_value, info.objective_function_value)

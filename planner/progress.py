@@ -33,6 +33,11 @@ class ProgressLog:
         self.last = -math.inf
         self.best: float | None = None
 
+    def highs_event(self, event) -> None:
+        """A HiGHS MIP callback (improving solution, interrupt): its state, as ``update``."""
+        d = event.data_out
+        self.update(d.mip_primal_bound, d.mip_dual_bound, d.running_time)
+
     def update(self, incumbent: float | None, bound: float | None,
                elapsed: float | None = None) -> None:
         """Log the state if there is a new incumbent or ``every_s`` has passed."""

@@ -36,7 +36,6 @@ from .plan import Plan, SolverInfo
 from .schedule import Decisions, baseline_decisions, build_schedule
 from .time_search import faster_within
 from .time_shares import (
-    LP_COST,
     estimated_build_s,
     lp_fits,
     milp_fits,
@@ -258,12 +257,12 @@ def _any_depth_lp_bound(graph: PlannerGraph, times: list[float], budget_bytes: i
                         options: SolveOptions, deadline: float) -> float | None:
     """The LP relaxation's optimum with recomputation chains of any depth (a bound on every
     plan), where its build and a share of the time left fit; None otherwise."""
-    left = deadline - time.perf_counter()
-    if too_large(graph, options.time_limit_s) or \
-            LP_COST * estimated_build_s(graph) > ANY_DEPTH_LP_SHARE * left:
+    if too_large(graph, options.time_limit_s) or not lp_fits(
+            graph, deadline, ANY_DEPTH_LP_SHARE, "LP bound with chains of any depth"):
         return None
     _, bound = lp_rounding_candidates(graph, times, budget_bytes, thresholds=(),
-                                      time_limit_s=ANY_DEPTH_LP_SHARE * left,
+                                      time_limit_s=ANY_DEPTH_LP_SHARE * (
+                                          deadline - time.perf_counter()),
                                       variants=options.variants, max_recompute_depth=None)
     log.info("LP bound with chains of any depth: %s", bound)
     return bound

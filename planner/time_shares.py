@@ -84,13 +84,14 @@ def too_large(graph: PlannerGraph, time_limit_s: float) -> bool:
     return False
 
 
-def lp_fits(graph: PlannerGraph, deadline: float) -> bool:
-    """Whether LP rounding (LP_COST builds' time) fits in LP_MAX_SHARE of the time left
-    before ``deadline`` (``time.perf_counter()``); logs why not."""
+def lp_fits(graph: PlannerGraph, deadline: float, share: float = LP_MAX_SHARE,
+            what: str = "LP rounding") -> bool:
+    """Whether an LP relaxation (LP_COST builds' time) fits in ``share`` of the time left
+    before ``deadline`` (``time.perf_counter()``); logs why not (``what``: what it is for)."""
     left, lp_s = deadline - time.perf_counter(), LP_COST * estimated_build_s(graph)
-    if lp_s <= LP_MAX_SHARE * left:
+    if lp_s <= share * left:
         return True
-    log.info("no LP rounding: it would take about %.1f s of the %.1f s left", lp_s, left)
+    log.info("no %s: it would take about %.1f s of the %.1f s left", what, lp_s, left)
     return False
 
 

@@ -65,13 +65,7 @@ class PersistentHiGHS:
         third of the reference speed). Returns the status (optimal, feasible, infeasible or
         no_solution) and HiGHS's bound (None if it had none); a solution's values are in the
         variables' ``varValue``."""
-        import highspy
-        progress = ProgressLog("highs")
-
-        def report(event) -> None:
-            d = event.data_out
-            progress.update(d.mip_primal_bound, d.mip_dual_bound, d.running_time)
-
+        report = ProgressLog("highs").highs_event
         self.highs.cbMipImprovingSolution.subscribe(report)
         self.highs.cbMipInterrupt.subscribe(report)
         try:
@@ -79,16 +73,9 @@ class PersistentHiGHS:
         finally:
             self.highs.cbMipImprovingSolution.unsubscribe(report)
             self.highs.cbMipInterrupt.unsubscribe(report)
-        found = self._read_solution()
-        model_status = self.highs.getModelStatus()
-        if model_status == highspy.HighsModelStatus.kOptimal and found:
-            status = "optimal"
-        elif model_status == highspy.HighsModelStatus.kInfeasible:
-            status = "infeasible"
-        else:
-            status = "feasible" if found else "no_solution"
+        self._read_solution()
         bound = float(self.highs.getInfo().mip_dual_bound)
-        return status, bound if math.isfinite(bound) else None
+        return highs_status(self.highs), bound if math.isfinite(bound) else None
 
     def _run(self, fixed: dict[int, float], start: list[float] | None,
              time_limit_s: float) -> None:
@@ -113,10 +100,25 @@ class PersistentHiGHS:
         use_highs_threads(self.threads)
         self.highs.run()
 
+    def set_values(self, values) -> None:
+        """Give the variables (the model's columns, in order) these values."""
+        for v, x in zip(self.variables, values):
+            v.varValue = float(x)
+
     def _read_solution(self) -> bool:
         if self.highs.getInfo().primal_solution_status < 2:  # 2: feasible
             return False
-        values = self.highs.getSolution().col_value
-        for v, x in zip(self.variables, values):
-            v.varValue = x
+        self.set_values(self.highs.getSolution().col_value)
         return True
+
+
+def highs_status(highs) -> str:
+    """The status of a MIP run on a highspy model: optimal, infeasible, feasible (stopped
+    with a solution) or no_solution."""
+    import highspy
+    model_status = highs.getModelStatus()
+    if model_status == highspy.HighsModelStatus.kOptimal:
+        return "optimal"
+    if model_status == highspy.HighsModelStatus.kInfeasible:
+        return "infeasible"
+    return "feasible" if highs.getInfo().primal_solution_status >= 2 else "no_solution"
