@@ -5,6 +5,7 @@ anything of its own, so what runs is exactly what was planned and simulated.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -79,6 +80,17 @@ def all_variants(graph: PlannerGraph, mode: str = "all") -> dict[int, str]:
 
 def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
     """The run/free records that carry out ``decisions`` on ``graph``."""
+    for schedule, _stage in schedule_by_stage(graph, decisions):
+        pass
+    return schedule
+
+
+def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
+                      ) -> Iterator[tuple[Schedule, int]]:
+    """``build_schedule`` a part at a time: the schedule being built and -1 once its
+    forward pass (and ``saved``) is complete, then the same schedule and ``k`` once the
+    backward's steps up to the end of stage ``k`` are (a search that rejects a plan at its
+    first stage above a peak stops building there)."""
     if len(decisions.keep) != len(graph.stages) or len(decisions.recompute) != len(graph.stages):
         raise ScheduleError(f"decisions for {len(decisions.keep)} stages, graph has "
                             f"{len(graph.stages)}")
@@ -117,6 +129,7 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             env.discard(m)
             sched.forward.append(Step("free", m, -1))
     sched.saved = [m for m in graph.forward if m in env]
+    yield sched, -1
 
     # Backward stages.
     bpos = {n: t for t, n in enumerate(graph.executed)}
@@ -221,8 +234,9 @@ def build_schedule(graph: PlannerGraph, decisions: Decisions) -> Schedule:
             if m in graph.derivable or not held(m, nxt):
                 env.discard(m)
                 steps.append(Step("free", m, k))
-    sched.rng_nodes = sorted(rng)
-    return sched
+        if k == len(graph.stages) - 1:
+            sched.rng_nodes = sorted(rng)
+        yield sched, k
 
 
 def env_storages(graph: PlannerGraph, env: set[int]) -> set[int]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from profiler.ir import Profile
 
-from .schedule import Schedule
+from .schedule import Schedule, Step
 
 
 class SimulationError(ValueError):
@@ -38,6 +38,43 @@ CATEGORIES = ("constant", "kept", "recomputed", "backward", "workspace")
 def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> SimulationResult:
     """Replay ``schedule`` on ``profile``: peak live bytes and total time of the step; with
     ``breakdown``, also the bytes of every step by category (the rest is unchanged)."""
+    replay = Replay(profile, breakdown)
+    replay.forward(schedule.forward, schedule.saved)
+    replay.backward(schedule.backward)
+    return replay.result()
+
+
+class Replay:
+    """A replay fed in parts: the forward pass and its saved nodes, then the backward's
+    steps in as many pieces as come (``simulate`` replays a whole schedule; the
+    peak-directed search replays each stage as it is built and stops at the first above
+    the peak it has). ``memory`` grows with every run step."""
+
+    def __init__(self, profile: Profile, breakdown: bool = False):
+        self.profile = profile
+        self.memory: list[int] = []
+        self.forward_steps = 0
+        self._run, self._finish_forward, self._finish = _replay_closures(
+            profile, breakdown, self.memory)
+
+    def forward(self, steps: list[Step], saved: list[int]) -> None:
+        """Replay the forward pass and check that only ``saved`` forward nodes are held."""
+        self._run(steps, False)
+        self.forward_steps = len(self.memory)
+        self._finish_forward(saved)
+
+    def backward(self, steps: list[Step]) -> None:
+        """Replay the next ``steps`` of the backward."""
+        self._run(steps, True)
+
+    def result(self) -> SimulationResult:
+        """The replay's result, once the whole backward has been fed."""
+        return self._finish(self.forward_steps)
+
+
+def _replay_closures(profile: Profile, breakdown: bool, memory: list[int]):
+    """The replay's state as locals of closures: a step of a search's schedules costs a
+    cell access, where an attribute of an object cost a dictionary look-up."""
     nodes = profile.nodes
     refs: dict[int, int] = {}
     live = 0
@@ -81,10 +118,9 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
     for n in nodes:
         if n.role in ("param", "buffer", "input"):
             add(n.index)
-    memory: list[int] = []
+    phase[0] = "kept"
     steps_breakdown: list[dict[str, int]] = []
     time_s = recompute_s = 0.0
-    ran_forward: set[int] = set()
 
     def replay(steps, backward: bool) -> None:
         nonlocal time_s, recompute_s
@@ -119,8 +155,6 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
                 time_s += op.time_s
                 if backward and n.role == "forward":
                     recompute_s += op.time_s
-                if not backward:
-                    ran_forward.add(index)
             elif kind == "free":
                 if index not in env:
                     raise SimulationError(f"{n.name} is freed but not held")
@@ -128,21 +162,23 @@ def simulate(profile: Profile, schedule: Schedule, breakdown: bool = False) -> S
             else:
                 raise SimulationError(f"unknown step kind {kind!r}")
 
-    phase[0] = "kept"
-    replay(schedule.forward, backward=False)
-    forward_steps = len(memory)
-    for n in list(env):
-        if nodes[n].role in ("forward", "variant_forward") and n not in schedule.saved:
-            raise SimulationError(f"{nodes[n].name} is held after the forward but not saved")
-    for n in nodes:
-        if n.role == "tangent":
-            add(n.index)
-    phase[0] = "recomputed"
-    replay(schedule.backward, backward=True)
-    missing_grads = [o for o in profile.outputs if o.kind == "grad" and o.node not in env]
-    if missing_grads:
-        raise SimulationError(f"the gradient of {missing_grads[0].target} is not produced")
-    peak = max(memory) if memory else live
-    return SimulationResult(peak_bytes=peak, time_s=time_s, recompute_time_s=recompute_s,
-                            memory=memory, peak_step=memory.index(peak) if memory else 0,
-                            breakdown=steps_breakdown, forward_steps=forward_steps)
+    def finish_forward(saved_nodes: list[int]) -> None:
+        saved = set(saved_nodes)
+        for n in list(env):
+            if nodes[n].role in ("forward", "variant_forward") and n not in saved:
+                raise SimulationError(f"{nodes[n].name} is held after the forward but not saved")
+        for n in nodes:
+            if n.role == "tangent":
+                add(n.index)
+        phase[0] = "recomputed"
+
+    def finish(forward_steps: int) -> SimulationResult:
+        missing_grads = [o for o in profile.outputs if o.kind == "grad" and o.node not in env]
+        if missing_grads:
+            raise SimulationError(f"the gradient of {missing_grads[0].target} is not produced")
+        peak = max(memory) if memory else live
+        return SimulationResult(peak_bytes=peak, time_s=time_s, recompute_time_s=recompute_s,
+                                memory=memory, peak_step=memory.index(peak) if memory else 0,
+                                breakdown=steps_breakdown, forward_steps=forward_steps)
+
+    return replay, finish_forward, finish

@@ -1,5 +1,6 @@
 """The planner: its memory model against the independent simulator, the backends, errors."""
 import copy
+import itertools
 import time
 
 import pytest
@@ -9,8 +10,15 @@ from planner import InfeasibleBudgetError, solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
 from planner.heuristic import structural_candidates
-from planner.peak_search import lower_peak
-from planner.schedule import Schedule, ScheduleError, Step, baseline_decisions, build_schedule
+from planner.peak_search import lower_peak, simulate_by_stage
+from planner.schedule import (
+    Schedule,
+    ScheduleError,
+    Step,
+    all_variants,
+    baseline_decisions,
+    build_schedule,
+)
 from planner.simulator import SimulationError, simulate
 from planner.solve import evaluate, planner_graph
 from runtime import load_plan
@@ -143,6 +151,33 @@ def test_peak_search_lowers_the_peak_with_valid_plans():
     step = train_step(model, case.inputs)
     assert model.last_peak_bytes == plan.predicted_peak_bytes <= result.peak_bytes
     assert_same_step(step, case.eager, exact=True, case=case)
+
+
+def test_the_search_replays_stage_by_stage_what_simulate_replays_whole():
+    """The peak search builds and replays a plan a stage at a time, and stops at the first
+    stage above the peak it has: a plan it finishes gives the simulator's numbers and the
+    stage of the peak step; one above the limit anywhere gives None, and a limit at its
+    peak does not stop it."""
+    case = model_case("resnet18")
+    graph = planner_graph(case.profile)
+    times = [n.time_s for n in case.profile.nodes]
+    plans = [baseline_decisions(graph)] + list(itertools.islice(
+        structural_candidates(graph, times, all_variants(graph)), 4))
+    for decisions in plans:
+        schedule = build_schedule(graph, decisions)
+        whole = simulate(case.profile, schedule)
+        runs = [s for s in schedule.backward if s.kind == "run"]
+        stage = -1 if whole.peak_step < whole.forward_steps else \
+            runs[whole.peak_step - whole.forward_steps].stage
+        for above in (None, whole.peak_bytes):
+            result, peak_stage = simulate_by_stage(case.profile, graph, decisions, above=above)
+            assert (result.peak_bytes, result.time_s, result.memory, result.peak_step,
+                    result.forward_steps, peak_stage) == \
+                (whole.peak_bytes, whole.time_s, whole.memory, whole.peak_step,
+                 whole.forward_steps, stage)
+        assert simulate_by_stage(case.profile, graph, decisions, above=whole.peak_bytes - 1) is None
+        assert simulate_by_stage(case.profile, graph, decisions, above=max(whole.memory[
+            :whole.forward_steps])) is None or stage == -1
 
 
 def test_problems_too_large_for_the_time_limit_use_heuristics(gpt_case, monkeypatch, caplog):
