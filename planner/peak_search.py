@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
+from collections.abc import Callable
 
 from profiler.ir import Profile
 
@@ -64,15 +65,17 @@ def _moves(graph: PlannerGraph, decisions: Decisions, checkpoints: set[int],
 
 
 def simulate_by_stage(profile: Profile, graph: PlannerGraph, decisions: Decisions,
-              above: int | None = None) -> tuple[SimulationResult, int] | None:
+                      reject: Callable[[int, float], bool] | None = None
+                      ) -> tuple[SimulationResult, int] | None:
     """The simulation of ``decisions`` and the stage of its peak step (-1: forward); None
-    as soon as a part of it peaks above ``above`` bytes. The search rejects such a plan,
-    and on U-Net's measured profile at 1/3 more than half of its trials go above the peak
-    it has within the first tenth of their steps; a stage is built only when the replay
-    reaches it."""
+    as soon as ``reject(peak so far, seconds so far)`` holds after a part (the forward
+    pass, then each stage). Both only grow, so a search that rejects a plan above a peak
+    or slower than a time stops there: a stage is built only when the replay reaches it.
+    On U-Net's measured profile at 1/3, more than half of the peak search's trials go
+    above the peak it has within the first tenth of their steps."""
     replay = Replay(profile)
     ends: list[int] = []  # per stage, the run steps replayed up to its end
-    done = checked = 0
+    done = checked = peak = 0
     for schedule, stage in schedule_by_stage(graph, decisions):
         if stage < 0:
             replay.forward(schedule.forward, schedule.saved)
@@ -80,14 +83,22 @@ def simulate_by_stage(profile: Profile, graph: PlannerGraph, decisions: Decision
             replay.backward(schedule.backward[done:])
             done = len(schedule.backward)
             ends.append(len(replay.memory))
-        if above is not None:
-            if max(replay.memory[checked:], default=0) > above:
-                return None
+        if reject is not None:
+            peak = max(peak, max(replay.memory[checked:], default=0))
             checked = len(replay.memory)
+            if reject(peak, replay.time_s()):
+                return None
     result = replay.result()
     if result.peak_step < result.forward_steps:
         return result, -1
     return result, bisect.bisect_right(ends, result.peak_step)
+
+
+def worse_than(peak_bytes: int, time_s: float) -> Callable[[int, float], bool]:
+    """For ``simulate_by_stage``: reject a plan that peaks above ``peak_bytes``, or at it
+    and no faster than ``time_s`` (the order the peak search takes a move in)."""
+    return lambda peak, seconds: peak > peak_bytes or (peak == peak_bytes and
+                                                      seconds >= time_s)
 
 
 def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: dict,
@@ -113,7 +124,8 @@ def lower_peak(profile: Profile, graph: PlannerGraph, start: Decisions, sites: d
                 break
             decisions = checkpoint_decisions(graph, cand_checkpoints, cand_variants,
                                              in_place=start.in_place)
-            simulated = simulate_by_stage(profile, graph, decisions, above=result.peak_bytes)
+            simulated = simulate_by_stage(profile, graph, decisions,
+                                          worse_than(result.peak_bytes, result.time_s))
             if simulated is None:
                 continue
             trial, trial_stage = simulated

@@ -54,7 +54,7 @@ class Replay:
         self.profile = profile
         self.memory: list[int] = []
         self.forward_steps = 0
-        self._run, self._finish_forward, self._finish = _replay_closures(
+        self._run, self._finish_forward, self._finish, self.time_s = _replay_closures(
             profile, breakdown, self.memory)
 
     def forward(self, steps: list[Step], saved: list[int]) -> None:
@@ -181,4 +181,7 @@ def _replay_closures(profile: Profile, breakdown: bool, memory: list[int]):
                                 memory=memory, peak_step=memory.index(peak) if memory else 0,
                                 breakdown=steps_breakdown, forward_steps=forward_steps)
 
-    return replay, finish_forward, finish
+    def seconds() -> float:
+        return time_s
+
+    return replay, finish_forward, finish, seconds

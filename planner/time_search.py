@@ -29,7 +29,7 @@ from profiler.ir import Profile
 from .candidates import Evaluation, evaluate
 from .graph import PlannerGraph
 from .heuristic import checkpoint_decisions
-from .peak_search import checkpoints_of, lower_peak
+from .peak_search import checkpoints_of, lower_peak, simulate_by_stage
 from .schedule import Decisions
 
 log = logging.getLogger(__name__)
@@ -60,21 +60,31 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
     times = [n.time_s for n in profile.nodes]
     in_place = start.in_place
 
-    def plan(points: set[int], variants: dict[int, str], hold: bool) -> Evaluation:
-        return evaluate(profile, graph, checkpoint_decisions(
-            graph, points, variants, hold_recomputed=hold, in_place=in_place))
+    def decisions_of(points: set[int], variants: dict[int, str], hold: bool) -> Decisions:
+        return checkpoint_decisions(graph, points, variants, hold_recomputed=hold,
+                                    in_place=in_place)
+
+    def plan(points: set[int], variants: dict[int, str], hold: bool,
+             than: Evaluation) -> Evaluation | None:
+        """The plan of ``points`` if it fits and is faster than ``than``, else None: its
+        simulation stops at the first stage above the budget or past ``than``'s time."""
+        decisions = decisions_of(points, variants, hold)
+        simulated = simulate_by_stage(profile, graph, decisions, lambda peak, seconds:
+                                      peak > budget or seconds >= than.result.time_s)
+        return None if simulated is None else Evaluation(decisions, simulated[0])
 
     # Recomputed values held to their last use (torch.utils.checkpoint's way, the per-block
     # plans') or recomputed in every stage that needs them: whichever fits and is faster.
     checkpoints, variants = checkpoints_of(graph, start), dict(start.variants)
-    starts = [(hold, plan(checkpoints, variants, hold)) for hold in (True, False)]
+    starts = [(hold, evaluate(profile, graph, decisions_of(checkpoints, variants, hold)))
+              for hold in (True, False)]
     starts = [s for s in starts if s[1].result.peak_bytes <= budget]
     if not starts:
         return None
     hold, best = min(starts, key=lambda s: s[1].result.time_s)
     first_time = best.result.time_s
-    best, grown = _grow(graph, times, checkpoints, best, budget,
-                        lambda points: plan(points, variants, hold), deadline)
+    best, grown = _grow(graph, times, checkpoints, best,
+                        lambda points, than: plan(points, variants, hold, than), deadline)
     kicks = 0
     while sites and time.perf_counter() < deadline:
         # Stuck at the budget: lower the peak by one move of the peak search (a checkpoint
@@ -86,11 +96,11 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
         if low_result.peak_bytes >= best.result.peak_bytes:
             break
         points, kick_variants = checkpoints_of(graph, low), dict(low.variants)
-        kicked = plan(points, kick_variants, hold)
+        kicked = evaluate(profile, graph, decisions_of(points, kick_variants, hold))
         if kicked.result.peak_bytes > budget:
             break
-        kicked, more = _grow(graph, times, points, kicked, budget,
-                             lambda p: plan(p, kick_variants, hold), deadline)
+        kicked, more = _grow(graph, times, points, kicked,
+                             lambda p, than: plan(p, kick_variants, hold, than), deadline)
         if kicked.result.time_s >= best.result.time_s:
             break
         best = kicked
@@ -103,21 +113,18 @@ def faster_within(profile: Profile, graph: PlannerGraph, start: Decisions, budge
 
 
 def _grow(graph: PlannerGraph, times: list[float], checkpoints: set[int],
-          best: Evaluation, budget: int,
-          plan: Callable[[set[int]], Evaluation], deadline: float
-          ) -> tuple[Evaluation, int]:
+          best: Evaluation, plan: Callable[[set[int], Evaluation], Evaluation | None],
+          deadline: float) -> tuple[Evaluation, int]:
     """More checkpoints for ``best`` (made of ``checkpoints``) while the plan fits and gets
     faster: the longest fitting prefix of ``_order`` by bisection, then one op at a time.
-    Returns the plan reached and how many checkpoints were added."""
-    def better(trial: Evaluation, than: Evaluation) -> bool:
-        return trial.result.peak_bytes <= budget and trial.result.time_s < than.result.time_s
-
+    ``plan(points, than)``: the plan of ``points`` if it fits and is faster than ``than``,
+    else None. Returns the plan reached and how many checkpoints were added."""
     order = _order(graph, times, best.decisions, checkpoints)
     lo, hi = 0, len(order)
     while lo < hi and time.perf_counter() < deadline:
         mid = (lo + hi + 1) // 2
-        trial = plan(checkpoints | set(order[:mid]))
-        if better(trial, best):
+        trial = plan(checkpoints | set(order[:mid]), best)
+        if trial is not None:
             lo, best = mid, trial
         else:
             hi = mid - 1
@@ -126,8 +133,8 @@ def _grow(graph: PlannerGraph, times: list[float], checkpoints: set[int],
     for op in order[lo:]:
         if time.perf_counter() >= deadline or misses >= MAX_MISSES:
             break
-        trial = plan(checkpoints | {op})
-        if better(trial, best):
+        trial = plan(checkpoints | {op}, best)
+        if trial is not None:
             checkpoints.add(op)
             best = trial
             added += 1

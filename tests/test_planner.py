@@ -10,7 +10,7 @@ from planner import InfeasibleBudgetError, solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
 from planner.heuristic import structural_candidates
-from planner.peak_search import lower_peak, simulate_by_stage
+from planner.peak_search import lower_peak, simulate_by_stage, worse_than
 from planner.schedule import (
     Schedule,
     ScheduleError,
@@ -154,10 +154,10 @@ def test_peak_search_lowers_the_peak_with_valid_plans():
 
 
 def test_the_search_replays_stage_by_stage_what_simulate_replays_whole():
-    """The peak search builds and replays a plan a stage at a time, and stops at the first
-    stage above the peak it has: a plan it finishes gives the simulator's numbers and the
-    stage of the peak step; one above the limit anywhere gives None, and a limit at its
-    peak does not stop it."""
+    """The local searches build and replay a plan a stage at a time, and stop at the first
+    stage where it is worse than the one they have: a plan replayed to the end gives the
+    simulator's numbers and the stage of the peak step; one above a peak anywhere, or at it
+    and no faster, gives None."""
     case = model_case("resnet18")
     graph = planner_graph(case.profile)
     times = [n.time_s for n in case.profile.nodes]
@@ -169,15 +169,24 @@ def test_the_search_replays_stage_by_stage_what_simulate_replays_whole():
         runs = [s for s in schedule.backward if s.kind == "run"]
         stage = -1 if whole.peak_step < whole.forward_steps else \
             runs[whole.peak_step - whole.forward_steps].stage
-        for above in (None, whole.peak_bytes):
-            result, peak_stage = simulate_by_stage(case.profile, graph, decisions, above=above)
+        for reject in (None, worse_than(whole.peak_bytes, whole.time_s * 1.001)):
+            result, peak_stage = simulate_by_stage(case.profile, graph, decisions, reject)
             assert (result.peak_bytes, result.time_s, result.memory, result.peak_step,
                     result.forward_steps, peak_stage) == \
                 (whole.peak_bytes, whole.time_s, whole.memory, whole.peak_step,
                  whole.forward_steps, stage)
-        assert simulate_by_stage(case.profile, graph, decisions, above=whole.peak_bytes - 1) is None
-        assert simulate_by_stage(case.profile, graph, decisions, above=max(whole.memory[
-            :whole.forward_steps])) is None or stage == -1
+        for peak, seconds in ((whole.peak_bytes - 1, 1e9), (whole.peak_bytes, whole.time_s)):
+            assert simulate_by_stage(case.profile, graph, decisions,
+                                     worse_than(peak, seconds)) is None
+        # A plan above the limit in a backward stage is dropped there, before the rest of
+        # its stages are replayed.
+        forward_peak = max(whole.memory[:whole.forward_steps])
+        seen: list[float] = []
+        assert (simulate_by_stage(case.profile, graph, decisions, lambda peak, seconds:
+                                  seen.append(seconds) or peak > forward_peak) is None) == \
+            (stage >= 0)
+        if stage >= 0:
+            assert len(seen) <= stage + 2 and seen[-1] <= whole.time_s
 
 
 def test_problems_too_large_for_the_time_limit_use_heuristics(gpt_case, monkeypatch, caplog):
