@@ -31,7 +31,7 @@ from .in_place import allows
 from .lns import improve_by_windows
 from .peak_search import lower_peak
 from .schedule import Decisions, all_variants, baseline_decisions, build_schedule
-from .simulator import SimulationResult, simulate
+from .simulator import SimulationResult, simulate, simulate_by_stage
 
 log = logging.getLogger(__name__)
 
@@ -96,10 +96,30 @@ def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | No
         now = time.perf_counter()
         stop = now + STRUCTURAL_SHARE * (deadline - now)
         structural = itertools.takewhile(lambda _: time.perf_counter() < stop, structural)
-    front = pareto_front(evaluate(profile, graph, d) for d in itertools.chain(
+    front = pareto_front_of(profile, graph, itertools.chain(
         [baseline_decisions(graph)], (with_in_place(d, variants) for d in first),
         (with_in_place(d, variants) for d in structural), rounded))
     return front, bound[0] if bound else None
+
+
+def pareto_front_of(profile: Profile, graph: PlannerGraph, plans: Iterable[Decisions]
+                    ) -> list[Evaluation]:
+    """``pareto_front`` of ``plans`` simulated: each is replayed a stage at a time and
+    dropped at the first stage where a plan on the front so far peaks no higher and is no
+    slower than it already is (both only grow). Same front as simulating every plan whole;
+    GoogLeNet's heuristic plans at 1/3 took 8.8 s that way on this project's slow machine."""
+    it = iter(plans)
+    first = evaluate(profile, graph, next(it))
+    front: list[Evaluation] = []
+
+    def dominated(peak: int, seconds: float) -> bool:
+        return any(f.result.peak_bytes <= peak and f.result.time_s <= seconds for f in front)
+
+    for decisions in it:
+        simulated = simulate_by_stage(profile, graph, decisions, dominated)
+        if simulated is not None:
+            front = _on_front(front, Evaluation(decisions, simulated[0]))
+    return [first] + sorted(front, key=lambda e: e.result.peak_bytes)
 
 
 def _rounded_by(full: FullSolveProcess, graph: PlannerGraph, until: float,
@@ -122,12 +142,18 @@ def pareto_front(evaluations: Iterable[Evaluation]) -> list[Evaluation]:
     first = next(it)
     front: list[Evaluation] = []
     for e in it:
-        if any(f.result.peak_bytes <= e.result.peak_bytes and f.result.time_s <= e.result.time_s
-               for f in front):
-            continue
-        front = [f for f in front if not (e.result.peak_bytes <= f.result.peak_bytes
-                                          and e.result.time_s <= f.result.time_s)] + [e]
+        front = _on_front(front, e)
     return [first] + sorted(front, key=lambda e: e.result.peak_bytes)
+
+
+def _on_front(front: list[Evaluation], e: Evaluation) -> list[Evaluation]:
+    """``front`` with ``e`` added, unless a plan on it is no worse in both peak and time,
+    and without the plans ``e`` is no worse than."""
+    if any(f.result.peak_bytes <= e.result.peak_bytes and f.result.time_s <= e.result.time_s
+           for f in front):
+        return front
+    return [f for f in front if not (e.result.peak_bytes <= f.result.peak_bytes
+                                     and e.result.time_s <= f.result.time_s)] + [e]
 
 
 def uses_only_variants(graph: PlannerGraph, mode: str, decisions: Decisions) -> bool:

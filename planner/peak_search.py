@@ -16,7 +16,6 @@ and lowers the step time) is taken, until none does or the time is up.
 """
 from __future__ import annotations
 
-import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -25,8 +24,8 @@ from profiler.ir import Profile
 
 from .graph import PlannerGraph
 from .heuristic import checkpoint_decisions
-from .schedule import Decisions, schedule_by_stage
-from .simulator import Replay, SimulationResult
+from .schedule import Decisions
+from .simulator import SimulationResult, simulate_by_stage
 
 log = logging.getLogger(__name__)
 
@@ -62,36 +61,6 @@ def _moves(graph: PlannerGraph, decisions: Decisions, checkpoints: set[int],
             moves.append((0, checkpoints, {k: n for k, n in variants.items() if k != site}))
     moves.sort(key=lambda m: -m[0])
     return [(c, v) for _, c, v in moves]
-
-
-def simulate_by_stage(profile: Profile, graph: PlannerGraph, decisions: Decisions,
-                      reject: Callable[[int, float], bool] | None = None
-                      ) -> tuple[SimulationResult, int] | None:
-    """The simulation of ``decisions`` and the stage of its peak step (-1: forward); None
-    as soon as ``reject(peak so far, seconds so far)`` holds after a part (the forward
-    pass, then each stage). Both only grow, so a search that rejects a plan above a peak
-    or slower than a time stops there: a stage is built only when the replay reaches it.
-    On U-Net's measured profile at 1/3, more than half of the peak search's trials go
-    above the peak it has within the first tenth of their steps."""
-    replay = Replay(profile)
-    ends: list[int] = []  # per stage, the run steps replayed up to its end
-    done = checked = peak = 0
-    for schedule, stage in schedule_by_stage(graph, decisions):
-        if stage < 0:
-            replay.forward(schedule.forward, schedule.saved)
-        else:
-            replay.backward(schedule.backward[done:])
-            done = len(schedule.backward)
-            ends.append(len(replay.memory))
-        if reject is not None:
-            peak = max(peak, max(replay.memory[checked:], default=0))
-            checked = len(replay.memory)
-            if reject(peak, replay.time_s()):
-                return None
-    result = replay.result()
-    if result.peak_step < result.forward_steps:
-        return result, -1
-    return result, bisect.bisect_right(ends, result.peak_step)
 
 
 def worse_than(peak_bytes: int, time_s: float) -> Callable[[int, float], bool]:

@@ -29,8 +29,9 @@ from profiler.ir import Profile
 from .candidates import Evaluation, evaluate
 from .graph import PlannerGraph
 from .heuristic import checkpoint_decisions
-from .peak_search import checkpoints_of, lower_peak, simulate_by_stage
+from .peak_search import checkpoints_of, lower_peak
 from .schedule import Decisions
+from .simulator import simulate_by_stage
 
 log = logging.getLogger(__name__)
 # The one-at-a-time phase stops after this many ops in a row that do not fit or pay, leaving

@@ -10,7 +10,7 @@ from planner import InfeasibleBudgetError, solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
 from planner.heuristic import structural_candidates
-from planner.peak_search import lower_peak, simulate_by_stage, worse_than
+from planner.peak_search import lower_peak, worse_than
 from planner.schedule import (
     Schedule,
     ScheduleError,
@@ -19,7 +19,7 @@ from planner.schedule import (
     baseline_decisions,
     build_schedule,
 )
-from planner.simulator import SimulationError, simulate
+from planner.simulator import SimulationError, simulate, simulate_by_stage
 from planner.solve import evaluate, planner_graph
 from runtime import load_plan
 
