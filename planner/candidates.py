@@ -272,12 +272,11 @@ def peak_search_from(profile: Profile, graph: PlannerGraph, options: SolveOption
 # Repair only when every fitting plan is this much slower (total step time). The GPT with
 # its loss at 1/3 had only a 19x slower LP-rounding plan fitting. At 3.0 (until 2026-12-05)
 # GoogLeNet at 1/2, whose fastest fitting plan is 1.5x slower than a plan at 1.4x the
-# budget, was not repaired and ended at +21.5-26.8 % (+8.9-9.7 % repaired); ResNet-50 at
-# 1/3 (1.7x) at +30.9 % (+25.1 %), on a machine a third of the reference speed. A repaired
-# plan is not always the better start: on GoogLeNet at 1/4 the time search took the
-# fastest unrepaired plan further (-0.41 s against -0.02 s), so the solve searches from
-# both (``planner.solve``); on the reference machine, ResNet-50 at 1/3 ended at +20.9 %
-# from the repaired plan alone, +13.2 % without it.
+# budget, was not repaired and ended at +21.5-26.8 % (+8.9-9.7 % repaired), at 1/3 at
+# +18.8 % (+11.1 %), on a machine a third of the reference speed. The repaired plan is not
+# always the better start: GoogLeNet at 1/4 ended at +25.9-26.8 % from it, +21.1-22.1 %
+# without it (the time search took the slower unrepaired plan further); searching from both
+# with half the time each gave +24.9-27.9 % there and cost ResNet-50 at 1/4 8 points.
 REPAIR_SLOWDOWN = 1.3
 
 

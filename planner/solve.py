@@ -216,39 +216,29 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     if start is not None and full is not None:
         full.offer(start.decisions)
-    # A repaired plan is the fastest that fits, but the time search may go further from the
-    # fastest heuristic plan that fit as it was: it is searched from too.
-    unrepaired = [e for e in fitting if not any(e is r for r in repaired)]
-    also = min(unrepaired, key=lambda e: e.result.time_s) \
-        if unrepaired and any(start is r for r in repaired) else None
     milp, outcome, from_milp, objective_of_milp = _faster_from(
         profile, graph, start, budget_bytes, backend, options, fitting, heuristic_only,
-        deadline, full, also=also)
+        deadline, full)
     return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
 
 
 def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None,
                  budget_bytes: int, backend: str, options: SolveOptions,
                  fitting: list[Evaluation], heuristic_only: bool, deadline: float,
-                 full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12,
-                 also: Evaluation | None = None):
+                 full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12):
     """Make ``start`` (the fastest plan that fits, if any) faster until ``deadline``: the
-    time-directed search (from ``also`` too, if given, with half the time; the fastest plan
-    reached is kept), then the MILP search (``planner.milp_search``, recomputation
+    time-directed search, then the MILP search (``planner.milp_search``, recomputation
     chains of at most ``max_recompute_depth`` ops beside the start's) from its plan, beside
     ``full`` if given. Plans that fit are appended to ``fitting``; returns what
     ``milp_search`` does (Nones where the MILP does not run)."""
     if start is not None:
-        until = time.perf_counter() + time_search_s(graph, options, deadline, heuristic_only,
-                                                    TIME_SEARCH_SHARE)
-        origins = [start] if also is None else [start, also]
-        for i, origin in enumerate(origins):  # the last gets what the others left
-            found = faster_within(profile, graph, origin.decisions, budget_bytes,
-                                  (until - time.perf_counter()) / (len(origins) - i),
-                                  graph.variant_sites(options.variants))
-            if found is not None and found.result.time_s < start.result.time_s:
-                start = found
-                fitting.append(start)
+        found = faster_within(profile, graph, start.decisions, budget_bytes,
+                              time_search_s(graph, options, deadline, heuristic_only,
+                                            TIME_SEARCH_SHARE),
+                              graph.variant_sites(options.variants))
+        if found is not None and found.result.time_s < start.result.time_s:
+            start = found
+            fitting.append(start)
     if heuristic_only:
         return None, None, None, None
     if not milp_fits(graph, options, deadline, "MILP search"):
