@@ -70,7 +70,7 @@ def simulate_by_stage(profile: Profile, graph: PlannerGraph, decisions: Decision
         if reject is not None:
             peak = max(peak, max(replay.memory[checked:], default=0))
             checked = len(replay.memory)
-            if reject(peak, replay.time_s()):
+            if reject(peak, replay.seconds()):
                 return None
     result = replay.result()
     if result.peak_step < result.forward_steps:
@@ -80,15 +80,15 @@ def simulate_by_stage(profile: Profile, graph: PlannerGraph, decisions: Decision
 
 class Replay:
     """A replay fed in parts: the forward pass and its saved nodes, then the backward's
-    steps in as many pieces as come (``simulate`` replays a whole schedule; the
-    peak-directed search replays each stage as it is built and stops at the first above
-    the peak it has). ``memory`` grows with every run step."""
+    steps in as many pieces as come (``simulate`` replays a whole schedule;
+    ``simulate_by_stage`` each stage as it is built, stopping where the search rejects the
+    plan). ``memory`` grows with every run step; ``seconds()`` is the time of the steps
+    replayed so far."""
 
     def __init__(self, profile: Profile, breakdown: bool = False):
-        self.profile = profile
         self.memory: list[int] = []
         self.forward_steps = 0
-        self._run, self._finish_forward, self._finish, self.time_s = _replay_closures(
+        self._run, self._finish_forward, self._finish, self.seconds = _replay_closures(
             profile, breakdown, self.memory)
 
     def forward(self, steps: list[Step], saved: list[int]) -> None:
