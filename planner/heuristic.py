@@ -51,11 +51,23 @@ def checkpoint_decisions(graph: PlannerGraph, checkpoints: set[int],
                     recomputed_at[op] = k
                 stack.extend(graph.op_inputs(op))
 
-    def available_before(s: int, k: int) -> bool:
-        return recomputed_at.get(graph.creator[s], -1) < k
-
-    keep = [{s for s, last in last_use.items() if last >= k and available_before(s, k)}
-            for k in range(K)]
+    # Storage s is kept from the stage after the one that recomputed and held it (from the
+    # forward pass if none did) to its last use: an interval, swept stage by stage. A set
+    # comprehension per stage over every storage took 0.8 of the 9.4 s ResNet-50's
+    # time-directed search at 1/4 spends making plans.
+    starting: list[list[int]] = [[] for _ in range(K)]
+    ending: list[list[int]] = [[] for _ in range(K + 1)]
+    for s, last in last_use.items():
+        first = recomputed_at.get(graph.creator[s], -1) + 1
+        if first <= last:
+            starting[first].append(s)
+            ending[last + 1].append(s)
+    keep: list[set[int]] = []
+    held: set[int] = set()
+    for k in range(K):
+        held.difference_update(ending[k])
+        held.update(starting[k])
+        keep.append(set(held))
     return Decisions(keep=keep, recompute=recompute, variants=variants, in_place=in_place)
 
 

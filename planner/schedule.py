@@ -99,8 +99,10 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
     impl = {site: graph.variant(site, name) for site, name in decisions.variants.items()}
     packs_run = {v.pack for v in impl.values() if v.pack is not None}
 
+    unfixed, planned = graph.unfixed_table(), graph.planned_table()
+
     def held(n: int, kept: set[int]) -> bool:
-        return graph.unfixed_storages(n) <= kept
+        return unfixed[n] <= kept
 
     # Forward pass: run in order, free each node after its last forward use unless kept.
     kept0 = decisions.keep[0] if decisions.keep else set()
@@ -132,7 +134,7 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
     yield sched, -1
 
     # Backward stages.
-    bpos = {n: t for t, n in enumerate(graph.executed)}
+    frees_after = graph.frees_after()
     rng: set[int] = set()
     steps = sched.backward
     planned_nodes = {n.index for n in nodes if n.role in FORWARD_ROLES} | graph.derivable
@@ -160,7 +162,7 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
         needed = graph.stage_need_storages(k, decisions.variants)
         order = sorted(decisions.recompute[k])
         # recomputed ops allocate new storages
-        held_storages = env_storages(graph, env) if order else set()
+        held_storages = env_storages(graph, env) if order else frozenset()
         last_reader: dict[int, int] = {}  # storage -> rank of its last recomputed reader
         for rank, o in enumerate(order):
             for s in graph.op_inputs(o):
@@ -170,7 +172,7 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
         dead: set[int] = set()
         # The loop below runs once per recomputed op (a million times in one peak search):
         # the free scan is inline and steps are made positionally, which took a quarter
-        # of a recompute-heavy U-Net schedule's build through _free_where.
+        # of a recompute-heavy U-Net schedule's build through _free_unless.
         for rank, o in enumerate(order):
             node = nodes[o]
             if not held_storages.isdisjoint(node.new_storages):
@@ -193,7 +195,7 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
                 env.discard(o)
                 steps.append(Step("free", o, k))
             local.extend([st.node for st in steps[before:] if st.kind == "run"])
-            outputs = graph.planned_storages(o)
+            outputs = planned[o]
             made.update(outputs)
             # Recomputed tensors nobody reads any more in this stage are freed now.
             newly = [s for s in (*graph.op_inputs(o), *outputs)
@@ -205,7 +207,7 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
                 for m in local:
                     if m not in env:
                         continue
-                    if m in freeable and graph.planned_storages(m) <= dead:
+                    if m in freeable and planned[m] <= dead:
                         env.discard(m)
                         steps.append(Step("free", m, k))
                     else:
@@ -213,25 +215,23 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
                 local = still
         # Before the backward phase: free what its first node cannot read and is not kept.
         live = needed | nxt
-        _free_where(graph, env, sorted(env & freeable), steps, k, lambda p: p.isdisjoint(live))
+        _free_unless(planned, env, sorted(env & freeable), steps, k, live)
         for j, e in enumerate(stage):
             runs = impl[e].impl if e in impl else e
             for i in nodes[runs].inputs:
                 ensure(i)
             steps.append(Step("run", e, k, impl=runs if e in impl else -1))
             env.add(e)
-            for m in (*nodes[e].inputs, e):
-                if m in bpos and m in env and graph.backward_last_use[m] <= bpos[e]:
-                    env.discard(m)
-                    steps.append(Step("free", m, k))
-                elif m in tangents and graph.backward_last_use[m] <= bpos[e]:
-                    tangents.discard(m)
+            for m, tangent in frees_after[e]:
+                holding = tangents if tangent else env
+                if m in holding:
+                    holding.discard(m)
                     steps.append(Step("free", m, k))
             if j == 0:  # only a stage's first node reads forward tensors
-                _free_where(graph, env, sorted(env & freeable), steps, k,
-                            lambda p: p.isdisjoint(nxt))
+                _free_unless(planned, env, sorted(env & freeable), steps, k, nxt)
+        derivable = graph.derivable
         for m in sorted(env & planned_nodes):
-            if m in graph.derivable or not held(m, nxt):
+            if m in derivable or not unfixed[m] <= nxt:
                 env.discard(m)
                 steps.append(Step("free", m, k))
         if k == len(graph.stages) - 1:
@@ -240,18 +240,16 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
 
 
 def env_storages(graph: PlannerGraph, env: set[int]) -> set[int]:
-    out: set[int] = set()
-    for m in env:
-        out.update(graph.nodes[m].storages)
-    return out
+    """The storages the nodes in ``env`` hold."""
+    nodes = graph.nodes
+    return set().union(*[nodes[m].storages for m in env])
 
 
-def _free_where(graph: PlannerGraph, env: set[int], candidates: list[int], steps: list[Step],
-                stage: int, dead) -> None:
-    """Free the forward (and derivable) nodes among ``candidates`` held in ``env`` whose
-    planned storages are non-empty and satisfy ``dead``."""
-    freeable = graph.freeable_nodes()
+def _free_unless(planned: list[frozenset[int]], env: set[int], candidates: list[int],
+                 steps: list[Step], stage: int, live: set[int]) -> None:
+    """Free the ``candidates`` (freeable nodes held in ``env``) none of whose planned
+    storages (``planned``, by node: ``PlannerGraph.planned_table``) is in ``live``."""
     for m in candidates:
-        if m in env and m in freeable and dead(graph.planned_storages(m)):
+        if planned[m].isdisjoint(live):
             env.discard(m)
             steps.append(Step("free", m, stage))

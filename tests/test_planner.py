@@ -9,8 +9,8 @@ from conftest import assert_same_step, model_case, train_step
 from planner import InfeasibleBudgetError, solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
-from planner.heuristic import structural_candidates
-from planner.peak_search import lower_peak, worse_than
+from planner.heuristic import checkpoint_decisions, structural_candidates
+from planner.peak_search import checkpoints_of, lower_peak, worse_than
 from planner.schedule import (
     Schedule,
     ScheduleError,
@@ -28,11 +28,17 @@ OPTIONS = SolveOptions(time_limit_s=6)
 
 @pytest.mark.parametrize("name", ["gpt", "resnet18"])
 def test_formulation_memory_equals_simulator(name):
-    """For many different plans the MILP's memory rows give exactly the simulated peak."""
+    """For many different plans the MILP's memory rows give exactly the simulated peak:
+    checkpoint plans that recompute in every stage that needs a value, and plans that hold
+    what they recompute to its last use (``torch.utils.checkpoint``'s way; their keep sets
+    start after the stage that recomputed)."""
     case = model_case(name)
     graph = planner_graph(case.profile)
     times = [n.time_s for n in case.profile.nodes]
-    plans = [baseline_decisions(graph), *structural_candidates(graph, times)]
+    structural = list(structural_candidates(graph, times))
+    held = [checkpoint_decisions(graph, checkpoints_of(graph, d), hold_recomputed=True)
+            for d in structural[::3]]
+    plans = [baseline_decisions(graph), *structural, *held]
     for mode in ("none", "all"):  # without and with writes in place
         milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None,
                                 in_place=mode)
