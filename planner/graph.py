@@ -99,6 +99,7 @@ class PlannerGraph:
     _freeable: frozenset[int] | None = field(default=None, repr=False)
     _planned_table: list[frozenset[int]] | None = field(default=None, repr=False)
     _unfixed_table: list[frozenset[int]] | None = field(default=None, repr=False)
+    _planned_nodes: frozenset[int] | None = field(default=None, repr=False)
     _frees_after: dict[int, tuple[tuple[int, bool], ...]] | None = \
         field(default=None, repr=False)
 
@@ -276,6 +277,14 @@ class PlannerGraph:
         if self._planned_table is None:
             self._planned_table = [self.planned_storages(n.index) for n in self.nodes]
         return self._planned_table
+
+    def planned_nodes(self) -> frozenset[int]:
+        """Forward and derivable nodes (cached): the ones a schedule frees at the end of a
+        stage unless the next stage keeps them."""
+        if self._planned_nodes is None:
+            self._planned_nodes = frozenset(
+                n.index for n in self.nodes if n.role in FORWARD_ROLES) | self.derivable
+        return self._planned_nodes
 
     def unfixed_table(self) -> list[frozenset[int]]:
         """``unfixed_storages`` of every node, by index (cached), as ``planned_table``."""
