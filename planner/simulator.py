@@ -110,6 +110,10 @@ def _replay_closures(profile: Profile, breakdown: bool, memory: list[int]):
     """The replay's state as locals of closures: a step of a search's schedules costs a
     cell access, where an attribute of an object cost a dictionary look-up."""
     nodes = profile.nodes
+    # Per node, its storages; and each storage's size: locals, not attribute look-ups per
+    # step.
+    storages_of = [n.storages for n in nodes]
+    size = profile.storage_bytes
     refs: dict[int, int] = {}
     live = 0
     env: set[int] = set()
@@ -121,22 +125,25 @@ def _replay_closures(profile: Profile, breakdown: bool, memory: list[int]):
     def add(n: int) -> None:
         nonlocal live
         env.add(n)
-        for s in nodes[n].storages:
-            refs[s] = refs.get(s, 0) + 1
-            if refs[s] == 1:
-                live += profile.storage_bytes[s]
+        for s in storages_of[n]:
+            count = refs.get(s, 0) + 1
+            refs[s] = count
+            if count == 1:
+                live += size[s]
                 if breakdown:
                     role = nodes[n].role
                     cat = phase[0] if role in ("forward", "variant_forward") or \
                         phase[0] == "constant" else "backward"
                     category[s] = cat
-                    totals[cat] += profile.storage_bytes[s]
+                    totals[cat] += size[s]
 
     def drop(n: int) -> None:
         env.discard(n)
-        for s in nodes[n].storages:
-            refs[s] -= 1
-            if refs[s] == 0:
+        for s in storages_of[n]:
+            count = refs[s] - 1
+            if count:
+                refs[s] = count
+            else:
                 del refs[s]
                 if s in overwritten:
                     overwritten.discard(s)  # its bytes went to the op that wrote over it
@@ -145,9 +152,9 @@ def _replay_closures(profile: Profile, breakdown: bool, memory: list[int]):
 
     def release(s: int) -> None:
         nonlocal live
-        live -= profile.storage_bytes[s]
+        live -= size[s]
         if breakdown:
-            totals[category.pop(s)] -= profile.storage_bytes[s]
+            totals[category.pop(s)] -= size[s]
 
     for n in nodes:
         if n.role in ("param", "buffer", "input"):
