@@ -55,12 +55,6 @@ REPAIR_SHARE = 1 / 3
 # the GPT with its loss at 1/2 +7.48 % with 0.15 and +7.28 % with 0.3 (+19.25 % before), at
 # 1/3 +14.6 % with either (it stops when no single op more fits; with kicks, +14.56 %).
 TIME_SEARCH_SHARE = 0.25
-# Where a repaired plan was the time search's start, the fastest unrepaired plan that fits is
-# searched from too, if the first search left at least this share of its time: on GoogLeNet
-# at 1/4 the search takes that plan further (-0.41 s against -0.02 s from the repaired one;
-# +21.1-22.1 % against +25.9-26.8 % at 60 s, 2026-12-05). With half the time each (17fb894)
-# ResNet-50 at 1/4 lost 8 points, its first search cut short.
-SECOND_START_SHARE = 0.25
 # The MILP and window improvement (planner.milp_search) get what the heuristics left, less
 # FINISH_SIMULATIONS times the time one simulation of the unoptimised plan took, kept for
 # making the plan: the GPT with its loss at 1/2 took 65 s for a 60 s limit when neither its
@@ -222,43 +216,29 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     if start is not None and full is not None:
         full.offer(start.decisions)
-    # A repaired plan that is the fastest to fit is not always the better start for the
-    # time search: the fastest heuristic plan that fit as it was gets what is left of it.
-    unrepaired = [e for e in fitting if not any(e is r for r in repaired)]
-    also = min(unrepaired, key=lambda e: e.result.time_s) \
-        if unrepaired and any(start is r for r in repaired) else None
     milp, outcome, from_milp, objective_of_milp = _faster_from(
         profile, graph, start, budget_bytes, backend, options, fitting, heuristic_only,
-        deadline, full, also=also)
+        deadline, full)
     return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
 
 
 def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None,
                  budget_bytes: int, backend: str, options: SolveOptions,
                  fitting: list[Evaluation], heuristic_only: bool, deadline: float,
-                 full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12,
-                 also: Evaluation | None = None):
+                 full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12):
     """Make ``start`` (the fastest plan that fits, if any) faster until ``deadline``: the
-    time-directed search (then from ``also``, if given, in what the first left of its time,
-    where that is at least SECOND_START_SHARE of it; the fastest plan reached is kept), then
-    the MILP search (``planner.milp_search``, recomputation chains of at most
-    ``max_recompute_depth`` ops beside the start's) from its plan, beside ``full`` if given.
-    Plans that fit are appended to ``fitting``; returns what ``milp_search`` does (Nones
-    where the MILP does not run)."""
+    time-directed search, then the MILP search (``planner.milp_search``, recomputation
+    chains of at most ``max_recompute_depth`` ops beside the start's) from its plan, beside
+    ``full`` if given. Plans that fit are appended to ``fitting``; returns what
+    ``milp_search`` does (Nones where the MILP does not run)."""
     if start is not None:
-        search_s = time_search_s(graph, options, deadline, heuristic_only, TIME_SEARCH_SHARE)
-        until = time.perf_counter() + search_s
-        sites = graph.variant_sites(options.variants)
-        for origin in [start] if also is None else [start, also]:
-            left = until - time.perf_counter()
-            if origin is also:
-                if left < SECOND_START_SHARE * search_s:
-                    break
-                log.info("time search from the fastest unrepaired plan too, in %.1f s", left)
-            found = faster_within(profile, graph, origin.decisions, budget_bytes, left, sites)
-            if found is not None and found.result.time_s < start.result.time_s:
-                start = found
-                fitting.append(start)
+        found = faster_within(profile, graph, start.decisions, budget_bytes,
+                              time_search_s(graph, options, deadline, heuristic_only,
+                                            TIME_SEARCH_SHARE),
+                              graph.variant_sites(options.variants))
+        if found is not None and found.result.time_s < start.result.time_s:
+            start = found
+            fitting.append(start)
     if heuristic_only:
         return None, None, None, None
     if not milp_fits(graph, options, deadline, "MILP search"):

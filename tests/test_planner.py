@@ -1,7 +1,6 @@
 """The planner: its memory model against the independent simulator, the backends, errors."""
 import copy
 import itertools
-import logging
 import time
 
 import pytest
@@ -296,37 +295,6 @@ def test_near_misses_are_repaired_where_the_plans_that_fit_are_much_slower(
             over.result, peak_bytes=budget, time_s=slower * over.result.time_s))
         repaired, _ = repaired_candidates(profile, graph, [fits, over], budget, "all", 5)
         assert bool(repaired) == repairs
-
-
-def test_time_search_goes_on_from_the_fastest_unrepaired_plan_in_the_time_left(
-        resnet18_near_miss, caplog):
-    """Where a repaired plan is the fastest that fits, the time search goes from it and then,
-    in the time it left, from the fastest heuristic plan that fit as it was; the faster plan
-    reached is kept. With no time left after the first, the second does not run."""
-    from planner.candidates import heuristic_candidates
-    from planner.solve import _faster_from
-    from planner.time_search import faster_within
-    profile, graph, base, over = resnet18_near_miss
-    budget = over.result.peak_bytes - 1
-    candidates, _ = heuristic_candidates(profile, graph, budget, 5, "all", lp=False)
-    fitting = sorted((e for e in candidates if e.result.peak_bytes <= budget),
-                     key=lambda e: e.result.time_s)
-    start, also = fitting[0], fitting[-1]
-    sites = graph.variant_sites("all")
-    alone = [faster_within(profile, graph, e.decisions, budget, 30, sites) for e in (start, also)]
-    fastest = min(e.result.time_s for e in [start, *alone] if e is not None)
-    for seconds, searches in ((60, 2), (0.01, 1)):
-        found: list = []
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="planner.time_search"):
-            _faster_from(profile, graph, start, budget, "highs",
-                         SolveOptions(time_limit_s=60), found, True,
-                         time.perf_counter() + seconds, also=also)
-        assert sum("time search:" in r.getMessage() for r in caplog.records) == searches
-        assert all(e.result.peak_bytes <= budget for e in found)
-        if searches == 2:
-            assert min((e.result.time_s for e in found), default=start.result.time_s) == \
-                fastest
 
 
 def test_lowest_plan_goes_on_from_a_near_miss(resnet18_near_miss):
