@@ -93,9 +93,7 @@ class PlannerGraph:
     needs_of_choice: dict[tuple[int, str], set[int]] = field(default_factory=dict)
     stage_needs_any: list[set[int]] = field(default_factory=list)  # under any choice
     _need_any_cache: dict[int, set[int]] = field(default_factory=dict, repr=False)
-    _planned_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
     _op_inputs_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
-    _unfixed_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
     _freeable: frozenset[int] | None = field(default=None, repr=False)
     _planned_table: list[frozenset[int]] | None = field(default=None, repr=False)
     _unfixed_table: list[frozenset[int]] | None = field(default=None, repr=False)
@@ -231,14 +229,9 @@ class PlannerGraph:
     # ----------------------------------------------------------------------- queries
     def planned_storages(self, index: int) -> frozenset[int]:
         """Storages of a node that the planner decides about (not constant, not pinned).
-        Cached: asked millions of times while schedules are built, and fixed once
-        ``_classify`` has run."""
-        cached = self._planned_cache.get(index)
-        if cached is None:
-            cached = frozenset(s for s in self.nodes[index].storages if s in self.creator
-                               and s not in self.pinned_storages)
-            self._planned_cache[index] = cached
-        return cached
+        Read from ``planned_table``: asked millions of times while schedules are built, and
+        fixed once ``_classify`` has run."""
+        return self.planned_table()[index]
 
     def ops(self) -> list[int]:
         """Forward nodes that allocate planned storages: the ones that can be recomputed
@@ -275,7 +268,9 @@ class PlannerGraph:
         schedule builder's per-stage loops, where a method call per node and stage took a
         fifth of a search's time."""
         if self._planned_table is None:
-            self._planned_table = [self.planned_storages(n.index) for n in self.nodes]
+            self._planned_table = [
+                frozenset(s for s in n.storages if s in self.creator
+                          and s not in self.pinned_storages) for n in self.nodes]
         return self._planned_table
 
     def planned_nodes(self) -> frozenset[int]:
@@ -289,7 +284,9 @@ class PlannerGraph:
     def unfixed_table(self) -> list[frozenset[int]]:
         """``unfixed_storages`` of every node, by index (cached), as ``planned_table``."""
         if self._unfixed_table is None:
-            self._unfixed_table = [self.unfixed_storages(n.index) for n in self.nodes]
+            self._unfixed_table = [
+                frozenset(s for s in n.storages if s not in self.constant_storages
+                          and s not in self.pinned_storages) for n in self.nodes]
         return self._unfixed_table
 
     def frees_after(self) -> dict[int, tuple[tuple[int, bool], ...]]:
@@ -300,25 +297,19 @@ class PlannerGraph:
         if self._frees_after is None:
             bpos = {n: t for t, n in enumerate(self.executed)}
             tangents = set(self.tangent_nodes)
+            last = self.backward_last_use
             self._frees_after = {}
             for e in self.executed:
                 mine = (*self.nodes[e].inputs, e)
-                last = self.backward_last_use
                 self._frees_after[e] = tuple(
                     (m, m not in bpos) for m in mine if (m in bpos or m in tangents)
                     and last[m] <= bpos[e])
         return self._frees_after
 
     def unfixed_storages(self, index: int) -> frozenset[int]:
-        """Storages of a node that are neither constant nor pinned (cached): the node is
-        held exactly when these are."""
-        cached = self._unfixed_cache.get(index)
-        if cached is None:
-            cached = frozenset(s for s in self.nodes[index].storages
-                               if s not in self.constant_storages
-                               and s not in self.pinned_storages)
-            self._unfixed_cache[index] = cached
-        return cached
+        """Storages of a node that are neither constant nor pinned (``unfixed_table``): the
+        node is held exactly when these are."""
+        return self.unfixed_table()[index]
 
     def op_inputs(self, index: int) -> frozenset[int]:
         """Planned storages a forward op reads (cached)."""

@@ -231,9 +231,8 @@ def schedule_by_stage(graph: PlannerGraph, decisions: Decisions
                     steps.append(Step("free", m, k))
             if j == 0:  # only a stage's first node reads forward tensors
                 _free_unless(planned, env, sorted(env & freeable), steps, k, nxt)
-        derivable = graph.derivable
         for m in sorted(env & planned_nodes):
-            if m in derivable or not unfixed[m] <= nxt:
+            if m in graph.derivable or not held(m, nxt):
                 env.discard(m)
                 steps.append(Step("free", m, k))
         if k == len(graph.stages) - 1:
