@@ -18,11 +18,12 @@ demo: install
 	monet inspect $(OUT)/plan.json
 	$(PYTHON) examples/train_resnet.py --plan $(OUT)/plan.json --batch 16 --image-size 96 --steps 3
 
+# -n auto: one worker per core, each module's tests on one worker (its fixtures made once).
 test: install
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n auto --dist loadscope
 
 test-all: install
-	$(PYTHON) -m pytest -q -m ""
+	$(PYTHON) -m pytest -q -m "" -n auto --dist loadscope
 
 lint: install
 	$(PYTHON) -m ruff check profiler planner runtime examples tests bench

@@ -36,7 +36,7 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "full_worker.p
 # at the clock), so that it ends on its own and reports its final bound rather than being
 # stopped at the deadline.
 MARGIN_S = 1.5
-# Below this time limit the worker does not run: it spends ~3 s importing torch and
+# Below this time limit the worker does not run: it spends a few seconds starting and
 # building its problem and stops MARGIN_S early, so it would have a few seconds at most
 # for the cost of a process start.
 PARALLEL_MIN_LIMIT_S = 15.0

@@ -61,23 +61,6 @@ def _number(x: float | None) -> str:
     return repr(float(x)) if x is not None and math.isfinite(x) else "nan"
 
 
-def _without_torch() -> None:
-    """Register ``profiler`` as a bare package, without running its ``__init__``: that
-    imports the capture and the measurement, hence torch (2.7 s of this process's start
-    here), and this process needs only ``profiler.ir`` and the torch-free
-    ``profiler.variant_names``."""
-    import importlib.util
-    import types
-
-    spec = importlib.util.find_spec("profiler")
-    if spec is None or "profiler" in sys.modules:
-        return
-    package = types.ModuleType("profiler", "profiler without its torch imports")
-    package.__path__ = list(spec.submodule_search_locations or [])
-    package.__spec__ = spec
-    sys.modules["profiler"] = package
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("profile")
@@ -97,7 +80,6 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     t0 = time.perf_counter()
-    _without_torch()
 
     import highspy
     import numpy as np

@@ -1,13 +1,46 @@
 """profiler: capture the joint forward+backward graph and measure it into a Profile.
 
-Imports nothing from ``planner`` or ``runtime``.
+Imports nothing from ``planner`` or ``runtime``. The names below are imported on first use
+(PEP 562): reading a Profile (``profiler.ir``) needs neither torch nor the capture's
+torch._dynamo, whose imports took 6 of ``monet solve``'s 6.5 s start-up here.
 """
-from .capture import CapturedGraph, CaptureError, autocast_name, capture
-from .ir import NodeRecord, OutputRecord, Profile, ProfileFormatError
-from .models import ModelSpecError, load_model
-from .profile import device_name, profile_captured, profile_model
+from __future__ import annotations
 
-__all__ = ["CaptureError", "CapturedGraph", "autocast_name", "capture", "NodeRecord",
-           "OutputRecord", "Profile", "ProfileFormatError",
-           "ModelSpecError", "load_model", "device_name",
-           "profile_captured", "profile_model"]
+import importlib
+import sys
+import types
+from typing import Any
+
+_SUBMODULE_OF = {
+    "CaptureError": "capture", "CapturedGraph": "capture", "autocast_name": "capture",
+    "capture": "capture",
+    "NodeRecord": "ir", "OutputRecord": "ir", "Profile": "ir", "ProfileFormatError": "ir",
+    "ModelSpecError": "models", "load_model": "models",
+    "device_name": "profile", "profile_captured": "profile", "profile_model": "profile",
+}
+__all__ = list(_SUBMODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SUBMODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_SUBMODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+class _Package(types.ModuleType):
+    """Keeps ``profiler.capture`` the function, as the eager imports did: importing the
+    submodule ``profiler.capture`` sets the package's attribute of that name to the module."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "capture" and isinstance(value, types.ModuleType):
+            value = value.capture
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -15,6 +15,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # CUDA caching allocator splits every large block it hands out, so allocated bytes are the
 # requests rounded to 512 (bench/memory_model.md). Set before CUDA initialises.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # `make test` runs one pytest-xdist worker per core: each gets its share of the cores
+    # rather than all of them (every test compares eager and planned steps in one process,
+    # so the thread count changes no comparison).
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)
+                              // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 from profiler import load_model, profile_model  # noqa: E402
 
@@ -29,11 +35,18 @@ def reference_seconds(seconds: float) -> float:
     return seconds / min(1.0, machine_speed())
 
 
-def monet(*args, cwd=None) -> subprocess.CompletedProcess:
-    """``monet`` as a user runs it: a new interpreter, from the repository root."""
+def monet(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
+    """``monet`` as a user runs it: a new interpreter, from the repository root (``env``:
+    further environment variables)."""
     return subprocess.run([sys.executable, "-m", "runtime.cli", *map(str, args)],
                           capture_output=True, text=True, cwd=cwd or ROOT,
-                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=600)
+                          env=dict(os.environ, PYTHONPATH=ROOT, **(env or {})), timeout=600)
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """The modules a process run with PYTHONPROFILEIMPORTTIME=1 imported."""
+    return {line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines()
+            if line.startswith("import time:")}
 
 
 @dataclass

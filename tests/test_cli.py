@@ -1,7 +1,7 @@
 """The monet command as a user runs it: exit codes, outputs, one-line errors, no partial files."""
 import pytest
 
-from conftest import monet, reference_seconds
+from conftest import imported_modules, monet, reference_seconds
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +24,24 @@ def one_line_error(r):
 
 def test_solve_and_inspect(profile_path, tmp_path):
     plan = tmp_path / "plan.json"
-    r = monet("solve", str(profile_path), "--budget", "0.75", "--time-limit", "5", "-o", str(plan))
+    # Neither command imports the capture (profiler.capture, with torch._dynamo: 2.5 s of a
+    # 6.5 s start here); inspect no torch at all (3 s more; solve asks torch which ops
+    # have out= overloads, planner.in_place).
+    timed = {"PYTHONPROFILEIMPORTTIME": "1"}
+    r = monet("solve", str(profile_path), "--budget", "0.75", "--time-limit", "5", "-o", str(plan),
+              env=timed)
     assert r.returncode == 0, r.stderr
     assert "predicted peak" in r.stdout
-    r = monet("inspect", str(plan))
-    assert r.returncode == 0, r.stderr
+    r2 = monet("inspect", str(plan), env=timed)
+    assert r2.returncode == 0, r2.stderr
     for word in ("budget", "peak", "step time", "recomputed", "solver"):
-        assert word in r.stdout
-    assert "operator variant" in r.stdout
+        assert word in r2.stdout
+    assert "operator variant" in r2.stdout
+    for run, torch_free in ((r, False), (r2, True)):
+        imported = imported_modules(run.stderr)
+        assert {"planner.plan", "profiler.ir"} <= imported
+        assert not {m for m in imported if m.startswith(("torch._dynamo", "profiler.capture"))}
+        assert not torch_free or not {m for m in imported if m.split(".")[0] == "torch"}
 
 
 @pytest.mark.parametrize("solver", ["highs", "cpsat"])
