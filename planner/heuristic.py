@@ -160,17 +160,32 @@ def lp_rounding_candidates(graph: PlannerGraph, times: list[float], budget: int 
     on every plan; None if the LP was not solved)."""
     milp = build_stage_milp(graph, times, budget, minimize_peak=budget is None,
                             variants=variants, max_recompute_depth=max_recompute_depth)
-    for v in milp.problem.variables():
+    if solve_relaxation(milp, time_limit_s) is None:
+        return [], None
+    rounding = LPRounding.of(milp, graph)
+    return rounded_candidates(graph, rounding, thresholds), rounding.objective
+
+
+def solve_relaxation(milp: StageMILP, time_limit_s: float) -> float | None:
+    """Solve the LP relaxation of ``milp`` in at most ``time_limit_s``, in place: its
+    variables hold the LP's values afterwards and keep their integrality, so that the same
+    problem can then be solved as a MILP. The LP's optimum (a lower bound on the MILP's);
+    None where it was not solved to optimality."""
+    categories = [(v, v.cat) for v in milp.problem.variables()]
+    for v, _ in categories:
         v.cat = pulp.LpContinuous
     use_highs_threads(None)
-    milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
+    try:
+        milp.problem.solve(pulp.HiGHS(msg=False, timeLimit=time_limit_s))
+    finally:
+        for v, category in categories:
+            v.cat = category
     if milp.problem.sol_status != pulp.LpSolutionOptimal:
         # HiGHS reports status "Optimal" with a time-limited solution: say what stopped it.
         log.info("LP relaxation not solved to optimality in %.0f s (%s)", time_limit_s,
                  pulp.LpSolution.get(milp.problem.sol_status, milp.problem.sol_status))
-        return [], None
-    rounding = LPRounding.of(milp, graph)
-    return rounded_candidates(graph, rounding, thresholds), rounding.objective
+        return None
+    return pulp.value(milp.problem.objective)
 
 
 def structural_candidates(graph: PlannerGraph, times: list[float],

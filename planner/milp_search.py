@@ -43,18 +43,20 @@ MILP_MIN_SHARE = 0.1
 def milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
                 options: SolveOptions, start: Evaluation | None, fitting: list[Evaluation],
                 deadline: float, full: FullSolveProcess | None = None,
-                max_recompute_depth: int | None = 12
+                max_recompute_depth: int | None = 12, milp: StageMILP | None = None
                 ) -> tuple[StageMILP, SolveOutcome, Evaluation | None, float | None]:
     """The full MILP warm-started from ``start``, and window-by-window improvement, until
     ``deadline`` (``time.perf_counter()``); plans that fit are appended to ``fitting``.
     With ``full`` (the full MILP already solving in a second process, ``planner.full_solve``)
     the window search runs beside it; otherwise the full MILP gets a share of the time
-    first. Returns the MILP, the full solve's outcome, the MILP's last plan and its
+    first. ``milp``, if given, is that MILP already built (used where ``start`` is a point
+    of it). Returns the MILP, the full solve's outcome, the MILP's last plan and its
     objective."""
-    times = [n.time_s for n in profile.nodes]
-    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
-                            include=start.decisions if start is not None else None,
-                            max_recompute_depth=max_recompute_depth)
+    if milp is None or (start is not None and not milp.represents(start.decisions)):
+        times = [n.time_s for n in profile.nodes]
+        milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
+                                include=start.decisions if start is not None else None,
+                                max_recompute_depth=max_recompute_depth)
     remaining = max(deadline - time.perf_counter(), MILP_MIN_SHARE * options.time_limit_s)
     log.info("MILP built; %.1f s left for it", remaining)
     warm = start is not None and milp.represents(start.decisions)

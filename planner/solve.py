@@ -22,7 +22,7 @@ from .floor import peak_floor
 from .formulation import StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess, parallel_available
 from .graph import PlannerGraph
-from .heuristic import lp_rounding_candidates
+from .heuristic import solve_relaxation
 from .in_place import allowed_writes, in_place_summary
 from .lowest import (
     InfeasibleBudgetError,
@@ -153,10 +153,11 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
         # recomputes less than the plans from here may: no bound on them (U-Net at 1/3:
         # 0.01496 s, the LP with chains of any depth 0.01468 s). That of any depth is, and
         # the MILP below, time-limited, often stops before its own (U-Net: 0).
-        lp_bound = _any_depth_lp_bound(graph, times, budget_bytes, options, deadline)
+        any_depth, lp_bound = _any_depth_milp(graph, times, budget_bytes, options, deadline,
+                                              lowest.decisions)
         milp, outcome, from_milp, objective_of_milp = _faster_from(
             profile, graph, lowest, budget_bytes, backend, options, fitting, heuristic_only,
-            deadline, max_recompute_depth=None)
+            deadline, max_recompute_depth=None, milp=any_depth)
     best = min(fitting, key=lambda e: e.result.time_s)
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
     # comes from the same formulation with the plan's own recomputations as candidates.
@@ -225,12 +226,13 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
 def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None,
                  budget_bytes: int, backend: str, options: SolveOptions,
                  fitting: list[Evaluation], heuristic_only: bool, deadline: float,
-                 full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12):
+                 full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12,
+                 milp: StageMILP | None = None):
     """Make ``start`` (the fastest plan that fits, if any) faster until ``deadline``: the
     time-directed search, then the MILP search (``planner.milp_search``, recomputation
-    chains of at most ``max_recompute_depth`` ops beside the start's) from its plan, beside
-    ``full`` if given. Plans that fit are appended to ``fitting``; returns what
-    ``milp_search`` does (Nones where the MILP does not run)."""
+    chains of at most ``max_recompute_depth`` ops beside the start's, on ``milp`` if it is
+    already built) from its plan, beside ``full`` if given. Plans that fit are appended to
+    ``fitting``; returns what ``milp_search`` does (Nones where the MILP does not run)."""
     if start is not None:
         found = faster_within(profile, graph, start.decisions, budget_bytes,
                               time_search_s(graph, options, deadline, heuristic_only,
@@ -245,7 +247,7 @@ def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None
         return (None, None, None, None) if full is None else \
             worker_outcome(profile, graph, budget_bytes, fitting, deadline, full)
     return milp_search(profile, graph, budget_bytes, backend, options, start, fitting,
-                       deadline, full, max_recompute_depth)
+                       deadline, full, max_recompute_depth, milp)
 
 
 # The most of the time left the LP bound of a near-miss plan may take (U-Net's at 1/3: a
@@ -253,19 +255,21 @@ def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None
 ANY_DEPTH_LP_SHARE = 0.15
 
 
-def _any_depth_lp_bound(graph: PlannerGraph, times: list[float], budget_bytes: int,
-                        options: SolveOptions, deadline: float) -> float | None:
-    """The LP relaxation's optimum with recomputation chains of any depth (a bound on every
-    plan), where its build and a share of the time left fit; None otherwise."""
+def _any_depth_milp(graph: PlannerGraph, times: list[float], budget_bytes: int,
+                    options: SolveOptions, deadline: float, include: Decisions
+                    ) -> tuple[StageMILP | None, float | None]:
+    """The stage MILP with recomputation chains of any depth (``include``'s among them) and
+    its LP relaxation's optimum (a bound on every plan), where its build and a share of the
+    time left fit; (None, None) otherwise. Built once: the MILP search goes on with it (it
+    was built a second time there, 0.9 s of U-Net's at 1/3 at the reference speed)."""
     if too_large(graph, options.time_limit_s) or not lp_fits(
             graph, deadline, ANY_DEPTH_LP_SHARE, "LP bound with chains of any depth"):
-        return None
-    _, bound = lp_rounding_candidates(graph, times, budget_bytes, thresholds=(),
-                                      time_limit_s=ANY_DEPTH_LP_SHARE * (
-                                          deadline - time.perf_counter()),
-                                      variants=options.variants, max_recompute_depth=None)
+        return None, None
+    milp = build_stage_milp(graph, times, budget_bytes, variants=options.variants,
+                            include=include, max_recompute_depth=None)
+    bound = solve_relaxation(milp, ANY_DEPTH_LP_SHARE * (deadline - time.perf_counter()))
     log.info("LP bound with chains of any depth: %s", bound)
-    return bound
+    return milp, bound
 
 
 def plan_for(profile: Profile, decisions: Decisions, budget: str | int | float | None = None

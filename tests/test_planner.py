@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import assert_same_step, model_case, train_step
+from conftest import assert_same_step, model_case, reference_seconds, train_step
 from planner import InfeasibleBudgetError, solve
 from planner.backends import SolveOptions
 from planner.formulation import build_stage_milp
@@ -335,3 +335,43 @@ def test_any_depth_lp_bound_is_below_every_fitting_plan():
         graph, times)) if e.result.peak_bytes <= budget]
     assert fitting
     assert all(any_depth <= e.result.time_s - base.result.time_s + 1e-9 for e in fitting)
+
+
+def test_a_near_miss_solve_builds_its_any_depth_milp_once(monkeypatch):
+    """Where the budgeted search finds no plan within the budget, the lowest-peak search
+    goes on to one, and the MILP with recomputation chains of any depth gives its LP bound
+    and makes that plan faster: one build for both, and the bound is at most the plan's
+    extra time."""
+    import sys
+
+    import planner.milp_search as milp_search_module
+    from planner.candidates import heuristic_candidates
+    from planner.formulation import build_stage_milp as real_build
+
+    def nothing_fits(profile, graph, budget_bytes, backend, options, *_):
+        candidates, _ = heuristic_candidates(profile, graph, budget_bytes, 2, options.variants,
+                                             lp=False)
+        return [], [e for e in candidates if e.result.peak_bytes > budget_bytes], \
+            None, None, None, None, None
+
+    solve_module = sys.modules["planner.solve"]  # planner.solve is also the function
+    any_depth_builds = []
+
+    def counting_build(*args, **kwargs):
+        milp = real_build(*args, **kwargs)
+        if kwargs.get("max_recompute_depth", 12) is None:
+            any_depth_builds.append(milp)
+        return milp
+
+    monkeypatch.setattr(solve_module, "_budgeted_search", nothing_fits)
+    monkeypatch.setattr(solve_module, "build_stage_milp", counting_build)
+    monkeypatch.setattr(milp_search_module, "build_stage_milp", counting_build)
+    profile = model_case("resnet18").profile
+    plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=reference_seconds(8),
+                                                    parallel=False))
+    assert len(any_depth_builds) == 1
+    assert plan.predicted_peak_bytes <= plan.budget_bytes
+    assert plan.solver.bound is not None and 0 < plan.solver.bound <= plan.solver.objective
+    graph = planner_graph(profile)
+    ev = evaluate(profile, graph, plan.decisions())
+    assert ev.result.peak_bytes == plan.predicted_peak_bytes
