@@ -18,12 +18,13 @@ demo: install
 	monet inspect $(OUT)/plan.json
 	$(PYTHON) examples/train_resnet.py --plan $(OUT)/plan.json --batch 16 --image-size 96 --steps 3
 
-# -n auto: one worker per core, each module's tests on one worker (its fixtures made once).
+# One pytest-xdist worker per logical core (-n auto would count physical ones where psutil is
+# installed), each test module on one worker (its module fixtures made once).
 test: install
-	$(PYTHON) -m pytest -q -n auto --dist loadscope
+	$(PYTHON) -m pytest -q -n logical --dist loadscope
 
 test-all: install
-	$(PYTHON) -m pytest -q -m "" -n auto --dist loadscope
+	$(PYTHON) -m pytest -q -m "" -n logical --dist loadscope
 
 lint: install
 	$(PYTHON) -m ruff check profiler planner runtime examples tests bench
