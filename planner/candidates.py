@@ -276,9 +276,11 @@ def peak_search_from(profile: Profile, graph: PlannerGraph, options: SolveOption
 # +18.8 % (+11.1 %), on a machine a third of the reference speed. The repaired plan is not
 # always the better start: GoogLeNet at 1/4 ended at +25.9-26.8 % from it, +21.1-22.1 %
 # without it (the time search took the slower unrepaired plan further); searching from both
-# with half the time each gave +24.9-27.9 % there and cost ResNet-50 at 1/4 8 points. The
-# solve searches from the unrepaired plan too where the first search gained little
-# (``planner.solve.SECOND_START_GAIN``).
+# with half the time each gave +24.9-27.9 % there and cost ResNet-50 at 1/4 8 points. From
+# both only where the first search took less than a quarter of the step off (092f3e0, which
+# spared ResNet-50): GoogLeNet at 1/4 +23.5/+21.1/+24.9/+33.5 % against +27.6/+25.3/+25.4 %
+# without, U-Net at 1/2 +12.55 % (3 runs) against +12.28/+12.40 %; no gain beyond the
+# run-to-run variance, reverted.
 REPAIR_SLOWDOWN = 1.3
 
 

@@ -55,19 +55,6 @@ REPAIR_SHARE = 1 / 3
 # the GPT with its loss at 1/2 +7.48 % with 0.15 and +7.28 % with 0.3 (+19.25 % before), at
 # 1/3 +14.6 % with either (it stops when no single op more fits; with kicks, +14.56 %).
 TIME_SEARCH_SHARE = 0.25
-# Where a repaired plan was the time search's start and the search took less than
-# SECOND_START_GAIN of the unoptimised step off it, the fastest unrepaired plan that fits is
-# searched from too, in what the first search left of its time if that is at least
-# SECOND_START_SHARE of it. A small gain says the repaired plan sits where single moves do
-# not pay: GoogLeNet at 1/4 gained 12.4 % of its step from it, and the search took the
-# unrepaired plan 0.41 s further. At 60 s on a machine a third of the reference speed
-# (2026-12-05, alternating runs): GoogLeNet at 1/4 +23.5/+21.1 % with it, +27.6/+25.3 %
-# without; U-Net at 1/2 (3.2 %) +12.55 % in three runs, +12.28/+12.40 % without. Where the
-# first search gains much (ResNet-50 at 1/4: 56.7 %; GoogLeNet at 1/2 and 1/3: 34 and 49 %)
-# it does not run: unconditionally, it took the windows' time at a sweep's shorter limits
-# (ResNet-50 at 0.25 with 45 s: +69.4/+56.3 % against +55.3/+49.7 %).
-SECOND_START_GAIN = 0.25
-SECOND_START_SHARE = 0.25
 # The MILP and window improvement (planner.milp_search) get what the heuristics left, less
 # FINISH_SIMULATIONS times the time one simulation of the unoptimised plan took, kept for
 # making the plan: the GPT with its loss at 1/2 took 65 s for a 60 s limit when neither its
@@ -138,7 +125,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     try:
         fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp = \
             _budgeted_search(profile, graph, budget_bytes, backend, options, hints,
-                             heuristic_only, deadline, full, base.result.time_s)
+                             heuristic_only, deadline, full)
     finally:
         if full is not None:
             full.stop()
@@ -209,11 +196,10 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
 
 def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backend: str,
                      options: SolveOptions, hints: Sequence[Decisions], heuristic_only: bool,
-                     deadline: float, full: FullSolveProcess | None, step_s: float):
+                     deadline: float, full: FullSolveProcess | None):
     """Heuristic plans, their repair and the time-directed search, then the MILP search
-    (``planner.milp_search``) until ``deadline`` (``step_s``: the unoptimised step's
-    seconds). Returns the plans that fit, the heuristic candidates, the LP bound, and the
-    MILP search's problem, outcome, plan and objective."""
+    (``planner.milp_search``) until ``deadline``. Returns the plans that fit, the heuristic
+    candidates, the LP bound, and the MILP search's problem, outcome, plan and objective."""
     candidates, lp_bound = heuristic_candidates(
         profile, graph, budget_bytes, options.time_limit_s / 4, options.variants,
         lp=not heuristic_only and lp_fits(graph, deadline), deadline=deadline, full=full)
@@ -231,12 +217,9 @@ def _budgeted_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, b
     start = min(fitting, key=lambda e: e.result.time_s) if fitting else None
     if start is not None and full is not None:
         full.offer(start.decisions)
-    unrepaired = [e for e in fitting if not any(e is r for r in repaired)]
-    also = min(unrepaired, key=lambda e: e.result.time_s) \
-        if unrepaired and any(start is r for r in repaired) else None
     milp, outcome, from_milp, objective_of_milp = _faster_from(
         profile, graph, start, budget_bytes, backend, options, fitting, heuristic_only,
-        deadline, full, also=(also, step_s) if also is not None else None)
+        deadline, full)
     return fitting, candidates, lp_bound, milp, outcome, from_milp, objective_of_milp
 
 
@@ -244,35 +227,20 @@ def _faster_from(profile: Profile, graph: PlannerGraph, start: Evaluation | None
                  budget_bytes: int, backend: str, options: SolveOptions,
                  fitting: list[Evaluation], heuristic_only: bool, deadline: float,
                  full: FullSolveProcess | None = None, max_recompute_depth: int | None = 12,
-                 milp: StageMILP | None = None,
-                 also: tuple[Evaluation, float] | None = None):
+                 milp: StageMILP | None = None):
     """Make ``start`` (the fastest plan that fits, if any) faster until ``deadline``: the
-    time-directed search (then from ``also``, a plan and the unoptimised step's seconds, if
-    given, where SECOND_START_GAIN and SECOND_START_SHARE say; the fastest plan reached is
-    kept), then the MILP search
-    (``planner.milp_search``, recomputation chains of at most ``max_recompute_depth`` ops
-    beside the start's, on ``milp`` if it is already built) from its plan, beside ``full``
-    if given. Plans that fit are appended to ``fitting``; returns what ``milp_search`` does
-    (Nones where the MILP does not run)."""
+    time-directed search, then the MILP search (``planner.milp_search``, recomputation
+    chains of at most ``max_recompute_depth`` ops beside the start's, on ``milp`` if it is
+    already built) from its plan, beside ``full`` if given. Plans that fit are appended to
+    ``fitting``; returns what ``milp_search`` does (Nones where the MILP does not run)."""
     if start is not None:
-        search_s = time_search_s(graph, options, deadline, heuristic_only, TIME_SEARCH_SHARE)
-        until = time.perf_counter() + search_s
-        sites = graph.variant_sites(options.variants)
-        first = start
-        for origin in [start] if also is None else [start, also[0]]:
-            left = until - time.perf_counter()
-            if origin is not first:
-                gain = (first.result.time_s - start.result.time_s) / also[1]
-                if gain >= SECOND_START_GAIN or left < SECOND_START_SHARE * search_s:
-                    log.info("no second time search: the first took %.1f %% of the step "
-                             "off, %.1f s left", 100 * gain, left)
-                    break
-                log.info("time search from the fastest unrepaired plan too (the first took "
-                         "%.1f %% of the step off), in %.1f s", 100 * gain, left)
-            found = faster_within(profile, graph, origin.decisions, budget_bytes, left, sites)
-            if found is not None and found.result.time_s < start.result.time_s:
-                start = found
-                fitting.append(start)
+        found = faster_within(profile, graph, start.decisions, budget_bytes,
+                              time_search_s(graph, options, deadline, heuristic_only,
+                                            TIME_SEARCH_SHARE),
+                              graph.variant_sites(options.variants))
+        if found is not None and found.result.time_s < start.result.time_s:
+            start = found
+            fitting.append(start)
     if heuristic_only:
         return None, None, None, None
     if not milp_fits(graph, options, deadline, "MILP search"):
@@ -293,7 +261,8 @@ def _any_depth_milp(graph: PlannerGraph, times: list[float], budget_bytes: int,
     """The stage MILP with recomputation chains of any depth (``include``'s among them) and
     its LP relaxation's optimum (a bound on every plan), where its build and a share of the
     time left fit; (None, None) otherwise. Built once: the MILP search goes on with it (it
-    was built a second time there, 0.9 s of U-Net's at 1/3 at the reference speed)."""
+    was built a second time there: 1.0 s of U-Net's at 1/3, 8.9 s of ResNet-50's, on a
+    machine a third of the reference speed)."""
     if too_large(graph, options.time_limit_s) or not lp_fits(
             graph, deadline, ANY_DEPTH_LP_SHARE, "LP bound with chains of any depth"):
         return None, None

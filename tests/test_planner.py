@@ -1,8 +1,6 @@
 """The planner: its memory model against the independent simulator, the backends, errors."""
 import copy
 import itertools
-import logging
-import sys
 import time
 
 import pytest
@@ -299,42 +297,6 @@ def test_near_misses_are_repaired_where_the_plans_that_fit_are_much_slower(
         assert bool(repaired) == repairs
 
 
-def test_time_search_goes_on_from_the_fastest_unrepaired_plan_after_a_small_gain(
-        resnet18_near_miss, caplog, monkeypatch):
-    """Where a repaired plan is the fastest that fits and the time search took less than
-    SECOND_START_GAIN of the step off it, the search goes on from the fastest heuristic plan
-    that fit as it was, in the time the first left; the faster plan reached is kept. It does
-    not where the first gained more, or left too little time."""
-    from planner.candidates import heuristic_candidates
-    from planner.time_search import faster_within
-    solve_module = sys.modules["planner.solve"]  # planner.solve is also the function
-    profile, graph, base, _ = resnet18_near_miss
-    candidates, _ = heuristic_candidates(profile, graph, None, 5, "all", lp=False)
-    budget = sorted(e.result.peak_bytes for e in candidates)[2]  # three plans fit, or more
-    fitting = sorted((e for e in candidates if e.result.peak_bytes <= budget),
-                     key=lambda e: e.result.time_s)
-    start, also = fitting[0], fitting[-1]
-    assert start is not also
-    sites = graph.variant_sites("all")
-    alone = [faster_within(profile, graph, e.decisions, budget, 30, sites) for e in (start, also)]
-    fastest = min(e.result.time_s for e in [start, *alone] if e is not None)
-    for seconds, gain_share, searches in ((60, 1e9, 2), (60, 0.0, 1), (0.01, 1e9, 1)):
-        monkeypatch.setattr(solve_module, "SECOND_START_GAIN", gain_share)
-        found: list = []
-        caplog.clear()
-        with caplog.at_level(logging.INFO, logger="planner.time_search"):
-            solve_module._faster_from(profile, graph, start, budget, "highs",
-                                      SolveOptions(time_limit_s=60), found, True,
-                                      time.perf_counter() + seconds,
-                                      also=(also, base.result.time_s))
-        assert sum(r.name == "planner.time_search" and "time search:" in r.getMessage()
-                   for r in caplog.records) == searches
-        assert all(e.result.peak_bytes <= budget for e in found)
-        if searches == 2:
-            assert min((e.result.time_s for e in found), default=start.result.time_s) == \
-                fastest
-
-
 def test_lowest_plan_goes_on_from_a_near_miss(resnet18_near_miss):
     """For a budget searched in vain (``above``), the lowest-plan search first goes on from
     its lowest candidate (the repair's near misses among them) and stops at the first plan
@@ -380,6 +342,8 @@ def test_a_near_miss_solve_builds_its_any_depth_milp_once(monkeypatch):
     goes on to one, and the MILP with recomputation chains of any depth gives its LP bound
     and makes that plan faster: one build for both, and the bound is at most the plan's
     extra time."""
+    import sys
+
     import planner.milp_search as milp_search_module
     from planner.candidates import heuristic_candidates
     from planner.formulation import build_stage_milp as real_build
