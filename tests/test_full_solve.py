@@ -22,6 +22,9 @@ from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import planner_graph
 
+# Every test here starts the worker on the second core, or times the solve: run alone.
+pytestmark = pytest.mark.alone
+
 needs_two_cores = pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core")
 
 

@@ -297,6 +297,7 @@ def test_near_misses_are_repaired_where_the_plans_that_fit_are_much_slower(
         assert bool(repaired) == repairs
 
 
+@pytest.mark.alone
 def test_lowest_plan_goes_on_from_a_near_miss(resnet18_near_miss):
     """For a budget searched in vain (``above``), the lowest-plan search first goes on from
     its lowest candidate (the repair's near misses among them) and stops at the first plan

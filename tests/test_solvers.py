@@ -245,6 +245,7 @@ def test_committed_configs_and_profiles(path):
     assert (".estimated." in config.profile) == (profile.timing == "estimated")
 
 
+@pytest.mark.alone
 @pytest.mark.parametrize("name", ["googlenet", "gpt"])
 def test_a_short_time_limit_is_kept_on_large_graphs(name):
     """A 5 s limit on MONeT-sized graphs: their MILP takes about 3 s to build (twice, for
