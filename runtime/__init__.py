@@ -3,24 +3,13 @@
 ``model = runtime.load_plan(model, "plan.json")`` returns an ``nn.Module`` whose training
 steps follow the plan; the loop, optimizer and ``loss.backward()`` are unchanged.
 
-The names below are imported on first use (PEP 562), so that ``monet`` (``runtime.cli``)
-starts without torch for the commands that need none (solve, sweep, inspect).
+The names below are imported on first use (``profiler.lazy``), so that ``monet``
+(``runtime.cli``) imports the capture only for the commands that run a model: ``inspect``
+imports no torch at all, ``solve`` and ``sweep`` torch without torch._dynamo.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from profiler.lazy import lazy_exports
 
 __all__ = ["PlanMismatchError", "PlannedModule", "load_plan"]
-
-
-def __getattr__(name: str) -> Any:
-    if name not in __all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(".module", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(__all__, "module"))
