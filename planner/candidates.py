@@ -55,7 +55,8 @@ def evaluate(profile: Profile, graph: PlannerGraph, decisions: Decisions) -> Eva
 
 def planner_graph(profile: Profile) -> PlannerGraph:
     """The planner's view of a profile: stages, storages, recomputable ops, variants."""
-    return PlannerGraph.build(profile.nodes, profile.storage_bytes, profile.outputs)
+    return PlannerGraph.build(profile.nodes, profile.storage_bytes, profile.outputs,
+                              profile.pointwise_out)
 
 
 def heuristic_candidates(profile: Profile, graph: PlannerGraph, budget: int | None,
@@ -225,7 +226,7 @@ def _lowest_peak_beside(profile: Profile, graph: PlannerGraph, milp: StageMILP,
     from the lowest point found, taking up the worker's plans."""
     limit = options.time_limit_s
     # A short solve here first: small problems are proved at once (VGG-16: 1 s; 8-9 s
-    # when the worker, which imports torch and builds its own problem, had to prove it),
+    # when the worker, which starts a process and builds its own problem, had to prove it),
     # and then the worker is not started at all.
     milp.set_start(candidates[0].decisions)
     first = solve_problem(milp.problem, "highs", replace(

@@ -22,12 +22,13 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import replace
 
 from profiler.ir import FORWARD, Profile
+from profiler.out_overloads import pointwise_out_table
 
 from .backends import SolveOptions, SolveOutcome
 from .heuristic import LPRounding
-from .in_place import pointwise_out_targets
 from .schedule import Decisions
 
 log = logging.getLogger(__name__)
@@ -85,13 +86,12 @@ class FullSolveProcess:
         self.t0 = time.perf_counter()
         self.dir = tempfile.mkdtemp(prefix="monet-full-")
         profile_path = os.path.join(self.dir, "profile.json")
+        if not profile.pointwise_out:
+            # A profile from before the table of out= overloads was recorded: made here,
+            # as the worker runs without torch (planner.full_worker).
+            profile = replace(profile, pointwise_out=pointwise_out_table(
+                n.target for n in profile.nodes if n.role == FORWARD))
         profile.save(profile_path)
-        # Which forward ops have an out= overload, decided here: the worker runs without
-        # torch (planner.full_worker).
-        pointwise_path = os.path.join(self.dir, "pointwise_out.json")
-        with open(pointwise_path, "w") as f:
-            json.dump(pointwise_out_targets(n.target for n in profile.nodes
-                                            if n.role == FORWARD), f)
         # -P and an explicit path: the package importable wherever we run, and nothing in
         # the working directory shadowing a module.
         root = os.path.dirname(os.path.dirname(WORKER))
@@ -99,8 +99,7 @@ class FullSolveProcess:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         command = [sys.executable, "-P", WORKER, profile_path, "--dir", self.dir,
                    "--time-limit", repr(max(time_limit_s - MARGIN_S, 0.5)),
-                   "--gap", repr(options.gap), "--variants", options.variants,
-                   "--pointwise-out", pointwise_path]
+                   "--gap", repr(options.gap), "--variants", options.variants]
         command += ["--lowest"] if budget is None else ["--budget", str(budget)]
         # One thread: the other core is this process's.
         command += ["--threads", str(options.threads or 1)]

@@ -73,9 +73,6 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=1e-4)
     parser.add_argument("--start", help="decisions (JSON) to start from")
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--pointwise-out", help="JSON: which forward targets have an "
-                        "out= overload (planner.in_place.pointwise_out_targets); without "
-                        "it, torch is imported to decide")
     parser.add_argument("--every", type=float, default=0.5)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
@@ -88,15 +85,11 @@ def main() -> None:
     from planner.formulation import build_stage_milp
     from planner.full_solve import read_decisions, write_decisions
     from planner.heuristic import LPRounding
-    from planner.in_place import remember_pointwise_out
     from planner.recompute_cuts import recomputation_cuts, separate
     from planner.window_highs import PersistentHiGHS, highs_status
     from profiler.ir import Profile
 
     profile = Profile.load(args.profile)
-    if args.pointwise_out:
-        with open(args.pointwise_out) as f:
-            remember_pointwise_out(json.load(f))
     graph = planner_graph(profile)
     stages = len(graph.stages)
     milp = build_stage_milp(graph, [n.time_s for n in profile.nodes], args.budget,

@@ -92,6 +92,9 @@ class PlannerGraph:
     # (executed node, variant name or "" for the original) -> forward nodes it reads
     needs_of_choice: dict[tuple[int, str], set[int]] = field(default_factory=dict)
     stage_needs_any: list[set[int]] = field(default_factory=list)  # under any choice
+    # Forward target -> whether it has an element-wise out= overload (Profile.pointwise_out);
+    # a target not in it is asked of torch (planner.in_place).
+    pointwise_out: dict[str, bool] = field(default_factory=dict)
     _need_any_cache: dict[int, set[int]] = field(default_factory=dict, repr=False)
     _op_inputs_cache: dict[int, frozenset[int]] = field(default_factory=dict, repr=False)
     _freeable: frozenset[int] | None = field(default=None, repr=False)
@@ -103,8 +106,10 @@ class PlannerGraph:
 
     @classmethod
     def build(cls, nodes: list[NodeRecord], storage_bytes: dict[int, int],
-              outputs: list[OutputRecord]) -> "PlannerGraph":
-        g = cls(nodes=nodes, storage_bytes=storage_bytes, outputs=outputs)
+              outputs: list[OutputRecord], pointwise_out: dict[str, bool] | None = None
+              ) -> "PlannerGraph":
+        g = cls(nodes=nodes, storage_bytes=storage_bytes, outputs=outputs,
+                pointwise_out=dict(pointwise_out or {}))
         g._classify()
         g._stage()
         g._liveness()

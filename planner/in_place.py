@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from profiler.ir import FORWARD
+from profiler.out_overloads import pointwise_out_overload
 
 from .graph import GETITEM, VARIANT_MODES, PlannerGraph, storage_lifetimes
 
@@ -112,7 +113,7 @@ def _write_of(graph: PlannerGraph, o: int, pos: int, needed_later: set[int]
     elif len(node.new_storages) == 1 and node.target in SOFTMAX_OUT_OVERLOADS:
         candidates, exact = node.inputs[:1], True
         layout = (node.shape, node.strides, node.dtype)
-    elif len(node.new_storages) == 1 and _has_pointwise_out(node.target):
+    elif len(node.new_storages) == 1 and _has_pointwise_out(graph, node.target):
         candidates, exact = list(dict.fromkeys(node.inputs)), True
         layout = (node.shape, node.strides, node.dtype)
     else:
@@ -163,12 +164,6 @@ def _numel(shape: list[int]) -> int:
 # (planner.full_worker) needs no torch; any other dtype asks torch.
 _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8,
              "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
-# Element-wise targets known to have (True) or lack (False) an ``out=`` overload, given by
-# the process that built the profile (``remember_pointwise_out``), so another process can
-# decide the writes in place without importing torch.
-_KNOWN_POINTWISE_OUT: dict[str, bool] = {}
-
-
 @functools.lru_cache(maxsize=None)
 def _itemsize(dtype: str) -> int:
     name = dtype.removeprefix("torch.")
@@ -179,45 +174,9 @@ def _itemsize(dtype: str) -> int:
     return getattr(torch, name).itemsize
 
 
-def pointwise_out_targets(targets: Iterable[str]) -> dict[str, bool]:
-    """For each of ``targets``: whether it has an element-wise ``out=`` overload (what
-    ``remember_pointwise_out`` takes in another process)."""
-    return {t: pointwise_out_overload(t) is not None for t in sorted(set(targets))}
-
-
-def remember_pointwise_out(known: dict[str, bool]) -> None:
-    """Take ``pointwise_out_targets`` from another process: those targets are then
-    decided without torch."""
-    _KNOWN_POINTWISE_OUT.update(known)
-
-
-def _has_pointwise_out(target: str) -> bool:
-    known = _KNOWN_POINTWISE_OUT.get(target)
+def _has_pointwise_out(graph: PlannerGraph, target: str) -> bool:
+    known = graph.pointwise_out.get(target)
     return known if known is not None else pointwise_out_overload(target) is not None
-
-
-@functools.lru_cache(maxsize=None)
-def pointwise_out_overload(target: str) -> Any:
-    """The ``out=`` overload of an element-wise ATen op named ``target`` (same arguments
-    plus one ``out``), or None when it is not one."""
-    import torch
-
-    parts = target.split(".")
-    if len(parts) != 3 or parts[0] != "aten":
-        return None
-    packet = getattr(torch.ops.aten, parts[1], None)
-    op = getattr(packet, parts[2], None) if packet is not None else None
-    if op is None or torch.Tag.pointwise not in op.tags or torch.Tag.nondeterministic_seeded \
-            in op.tags:
-        return None
-    want = [(a.name, str(a.type)) for a in op._schema.arguments]
-    for name in packet.overloads():
-        candidate = getattr(packet, name)
-        args = candidate._schema.arguments
-        outs = [a for a in args if a.is_out]
-        if len(outs) == 1 and [(a.name, str(a.type)) for a in args if not a.is_out] == want:
-            return candidate
-    return None
 
 
 def in_place_overload(target: str) -> Any:

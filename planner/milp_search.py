@@ -132,7 +132,7 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
     # checkpoint plan find what windows take many steps for (ResNet-50 at 0.3 in 27 s:
     # +17.2 % with it, +20.6-21.3 % from the start alone), the worker's problem may not
     # contain the start (deeper recomputations than its candidates), and small problems are
-    # proved (or refuted) at once, while the worker still imports torch and builds its own.
+    # proved (or refuted) at once, while the worker still starts and builds its own.
     # On one HiGHS model, which the window search then re-solves.
     limit = LNS_SHARE * (deadline - time.perf_counter())
     log.info("solving with highs: %d variables, %d constraints, time limit %.1f s",

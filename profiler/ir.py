@@ -89,6 +89,10 @@ class Profile:
     storage_bytes: dict[int, int]
     outputs: list[OutputRecord]
     autocast: str = ""  # "" or the torch.autocast dtype the graph was captured under
+    # Forward targets -> whether the op has an element-wise out= overload
+    # (profiler.out_overloads): the planner decides its writes in place without torch.
+    # Empty in profiles made before it was recorded; the planner then asks torch.
+    pointwise_out: dict[str, bool] = field(default_factory=dict)
     schema_version: int = PROFILE_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
@@ -124,6 +128,9 @@ class Profile:
                 raise ProfileFormatError(f"node {n.name} has an input that is not before it")
             if any(s not in self.storage_bytes for s in n.storages):
                 raise ProfileFormatError(f"node {n.name} references an unknown storage")
+        if not isinstance(self.pointwise_out, dict) or not all(
+                isinstance(k, str) and isinstance(v, bool) for k, v in self.pointwise_out.items()):
+            raise ProfileFormatError("pointwise_out is not a table of op names to true/false")
 
     def save(self, path: str) -> None:
         """Write the profile as JSON, atomically."""

@@ -7,7 +7,8 @@ from typing import Sequence
 import torch
 
 from .capture import CapturedGraph, capture
-from .ir import Profile
+from .ir import FORWARD, Profile
+from .out_overloads import pointwise_out_table
 from .timing import estimate_times, measure_nodes
 
 log = logging.getLogger(__name__)
@@ -54,4 +55,6 @@ def profile_captured(captured: CapturedGraph, model: torch.nn.Module,
         input_shapes=captured.input_shapes, input_dtypes=captured.input_dtypes,
         timing="estimated" if estimate else "measured", nodes=captured.records,
         storage_bytes=captured.storage_bytes, outputs=captured.outputs,
-        autocast=captured.autocast)
+        autocast=captured.autocast,
+        pointwise_out=pointwise_out_table(r.target for r in captured.records
+                                          if r.role == FORWARD))

@@ -4,8 +4,9 @@
 steps follow the plan; the loop, optimizer and ``loss.backward()`` are unchanged.
 
 The names below are imported on first use (``profiler.lazy``), so that ``monet``
-(``runtime.cli``) imports the capture only for the commands that run a model: ``inspect``
-imports no torch at all, ``solve`` and ``sweep`` torch without torch._dynamo.
+(``runtime.cli``) imports torch only for the commands that run a model: ``inspect``,
+``solve`` and ``sweep`` import none (a profile records which of its ops have ``out=``
+overloads, ``Profile.pointwise_out``, the one thing the planner asked torch).
 """
 from __future__ import annotations
 

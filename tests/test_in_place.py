@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,10 +30,13 @@ from planner.schedule import build_schedule
 from planner.simulator import SimulationError, simulate
 from planner.solve import planner_graph
 from profiler.batch_norm_kernels import batch_norm_into
+from profiler.ir import FORWARD, Profile, ProfileFormatError
+from profiler.out_overloads import pointwise_out_table
 from profiler.variants import RULE_BY_NAME
 from runtime import load_plan
 
 aten = torch.ops.aten
+PROFILES = Path(__file__).resolve().parents[1] / "configs" / "profiles"
 
 
 def test_out_overloads_of_element_wise_ops():
@@ -43,6 +47,32 @@ def test_out_overloads_of_element_wise_ops():
     for name in ("aten.convolution.default", "aten.native_dropout.default",
                  "aten.bernoulli.p", "aten.mm.default", "profiler.variant_ops.relu_mask"):
         assert pointwise_out_overload(name) is None, name
+
+
+def test_profiles_record_which_ops_have_out_overloads():
+    """The profile's table, from which the planner decides writes in place without torch
+    (``monet solve``, the full-MILP worker), is torch's answer for each forward target, in
+    a new profile and in the committed ones; the writes follow it, and a profile made before
+    the table was recorded gets the same writes from torch."""
+    profile = model_case("resnet18").profile
+    forward = [n.target for n in profile.nodes if n.role == FORWARD]
+    assert set(profile.pointwise_out) == set(forward)
+    assert profile.pointwise_out["aten.relu.default"] and profile.pointwise_out["aten.add.Tensor"]
+    assert not profile.pointwise_out["aten.convolution.default"]
+    for path in sorted(PROFILES.glob("*.json")):
+        committed = Profile.load(str(path))
+        assert committed.pointwise_out == pointwise_out_table(
+            n.target for n in committed.nodes if n.role == FORWARD), path.name
+    writes = allowed_writes(planner_graph(profile), "all")
+    relu = {o for o in writes if profile.nodes[o].target == "aten.relu.default"}
+    assert relu
+    old = dataclasses.replace(profile, pointwise_out={})
+    assert allowed_writes(planner_graph(old), "all") == writes
+    no_relu = dataclasses.replace(
+        profile, pointwise_out={**profile.pointwise_out, "aten.relu.default": False})
+    assert set(allowed_writes(planner_graph(no_relu), "all")) == set(writes) - relu
+    with pytest.raises(ProfileFormatError, match="pointwise_out"):
+        Profile.from_json({**profile.to_json(), "pointwise_out": {"aten.relu.default": 1}})
 
 
 @pytest.mark.parametrize("shape", [(7, 5, 3), (2, 4, 33, 17)])
