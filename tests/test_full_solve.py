@@ -152,7 +152,7 @@ def test_a_worker_proving_its_problem_infeasible_ends_nothing(monkeypatch, tmp_p
     infeasible.write_text("import sys\nprint('DONE infeasible nan nan 0.1', file=sys.stderr)\n")
     monkeypatch.setattr(full_solve_module, "WORKER", str(infeasible))
     profile = model_case("resnet18").profile
-    plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=reference_seconds(10)))
+    plan = solve(profile, 0.7, options=SolveOptions(time_limit_s=reference_seconds(5)))
     assert plan.predicted_peak_bytes <= plan.budget_bytes
     s = plan.solver
     assert s.status in ("feasible", "optimal"), s
