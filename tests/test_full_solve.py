@@ -19,6 +19,7 @@ from planner.heuristic import structural_candidates
 from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import planner_graph
+from profiler.ir import Profile
 
 # Every test here starts the worker on the second core, or times the solve: run alone.
 pytestmark = pytest.mark.alone
@@ -89,6 +90,19 @@ def test_the_worker_starts_without_torch(tmp_path):
     imported = imported_modules(r.stderr)
     assert {"highspy", "profiler.ir", "planner.formulation"} <= imported
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
+
+
+def test_the_worker_gets_the_table_of_out_overloads_of_an_older_profile():
+    """A profile made before ``Profile.pointwise_out`` was recorded reaches the worker with
+    the table made here, so the worker still needs no torch."""
+    profile = model_case("resnet18").profile
+    older = replace(profile, pointwise_out={})
+    full = FullSolveProcess(older, None, 2.0, SolveOptions(time_limit_s=2.0))
+    try:
+        sent = Profile.load(os.path.join(full.dir, "profile.json"))
+    finally:
+        full.stop()
+    assert sent.pointwise_out == profile.pointwise_out and any(sent.pointwise_out.values())
 
 
 def test_dtype_sizes_without_torch_are_torchs():
