@@ -164,6 +164,8 @@ def _numel(shape: list[int]) -> int:
 # (planner.full_worker) needs no torch; any other dtype asks torch.
 _ITEMSIZE = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8,
              "int32": 4, "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
 @functools.lru_cache(maxsize=None)
 def _itemsize(dtype: str) -> int:
     name = dtype.removeprefix("torch.")
