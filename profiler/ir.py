@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 PROFILE_SCHEMA_VERSION = 2
@@ -108,6 +108,11 @@ class Profile:
                     f"profile schema_version {d.get('schema_version')!r} is not "
                     f"{PROFILE_SCHEMA_VERSION}: profile the model again")
             d = dict(d)
+            unknown = sorted(set(d) - {f.name for f in fields(cls)})
+            if unknown:
+                raise ProfileFormatError(
+                    f"the profile has fields this version does not know ({', '.join(unknown)}):"
+                    " made by a newer version? profile the model again with this one")
             d["nodes"] = [NodeRecord(**n) for n in d["nodes"]]
             d["outputs"] = [OutputRecord(**o) for o in d["outputs"]]
             d["storage_bytes"] = {int(k): int(v) for k, v in d["storage_bytes"].items()}

@@ -106,6 +106,10 @@ def test_corrupt_profiles_are_refused(tmp_path):
         Profile.load(str(tmp_path / "v.json"))
     with pytest.raises(ProfileFormatError, match="does not exist"):
         Profile.load(str(tmp_path / "missing.json"))
+    newer = {**json.loads(text), "fused_kernels": {}}  # a field a later version might add
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(ProfileFormatError, match=r"does not know \(fused_kernels\).*newer"):
+        Profile.load(str(tmp_path / "newer.json"))
 
 
 def test_atomic_write_leaves_old_file_on_failure(tmp_path):
