@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from profiler.ir import ProfileFormatError, read_json, write_json_atomic
+from profiler.ir import ProfileFormatError, read_json, unknown_fields, write_json_atomic
 
 from .schedule import Decisions
 
@@ -110,6 +110,9 @@ class Plan:
         if checksum != _checksum(d):
             raise PlanFormatError("plan checksum does not match its content: the file was "
                                   "edited or damaged; solve the plan again")
+        unknown = unknown_fields(cls, d, "plan")
+        if unknown:
+            raise PlanFormatError(f"{unknown}: solve the plan again with this one")
         try:
             d["solver"] = SolverInfo(**d["solver"])
             return cls(**d)

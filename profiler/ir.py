@@ -108,11 +108,9 @@ class Profile:
                     f"profile schema_version {d.get('schema_version')!r} is not "
                     f"{PROFILE_SCHEMA_VERSION}: profile the model again")
             d = dict(d)
-            unknown = sorted(set(d) - {f.name for f in fields(cls)})
+            unknown = unknown_fields(cls, d, "profile")
             if unknown:
-                raise ProfileFormatError(
-                    f"the profile has fields this version does not know ({', '.join(unknown)}):"
-                    " made by a newer version? profile the model again with this one")
+                raise ProfileFormatError(f"{unknown}: profile the model again with this one")
             d["nodes"] = [NodeRecord(**n) for n in d["nodes"]]
             d["outputs"] = [OutputRecord(**o) for o in d["outputs"]]
             d["storage_bytes"] = {int(k): int(v) for k, v in d["storage_bytes"].items()}
@@ -155,6 +153,14 @@ class Profile:
         for n in self.nodes_with_role(*CONSTANT_ROLES):
             seen.update(n.storages)
         return sum(self.storage_bytes[s] for s in seen)
+
+
+def unknown_fields(record: type, d: dict[str, Any], what: str) -> str:
+    """"" when every key of ``d`` is a field of the dataclass ``record``; else a sentence
+    naming the others (a file written by a newer version) for a format error."""
+    unknown = sorted(set(d) - {f.name for f in fields(record)})
+    return f"the {what} has fields this version does not know ({', '.join(unknown)}): made " \
+        "by a newer version?" if unknown else ""
 
 
 def write_atomic(path: str, data: bytes | str, suffix: str = "") -> None:

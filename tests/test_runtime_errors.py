@@ -7,6 +7,7 @@ import torch
 
 from conftest import model_case
 from planner import Plan, PlanFormatError, solve
+from planner import plan as plan_module
 from planner.backends import SolveOptions
 from runtime import PlanMismatchError, load_plan
 
@@ -59,6 +60,13 @@ def test_truncated_and_edited_plans_are_refused(gpt_plan, tmp_path):
     (tmp_path / "l.json").write_text("[1, 2]")
     with pytest.raises(PlanFormatError):
         Plan.load(str(tmp_path / "l.json"))
+    # A field a later version might add, with its checksum right: named, not a TypeError.
+    newer = {k: v for k, v in json.loads(text).items() if k != "checksum"}
+    newer["stream_assignment"] = []
+    newer["checksum"] = plan_module._checksum(newer)
+    (tmp_path / "n.json").write_text(json.dumps(newer))
+    with pytest.raises(PlanFormatError, match=r"does not know \(stream_assignment\).*newer"):
+        Plan.load(str(tmp_path / "n.json"))
 
 
 def test_other_input_shape_is_refused(gpt_plan):
