@@ -4,10 +4,13 @@ For every configuration under configs/ (its committed profile; made first if abs
 budgets of 1/2, 1/3 and 1/4 of the unoptimised peak: one row with the graph's nodes, the
 MILP's variables and constraints, the solver, wall seconds of the whole solve, the
 objective (extra time over the unoptimised step), the lower bound, the gap, and the
-predicted peak. Rows are written as they finish, so an interrupted run keeps them.
+predicted peak. Rows are written as they finish, so an interrupted run keeps them. With
+``--repeats N`` each budget is solved N times (time-limited plans vary from run to run)
+and a second table gives, per budget, the median and range of the overhead and the gap.
 
     python bench/solve_bench.py                          # all models, HiGHS, 60 s
     python bench/solve_bench.py --models resnet50 --solvers highs cpsat --time-limit 60
+    python bench/solve_bench.py --models resnet50 googlenet --repeats 3
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import glob
 import logging
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -38,17 +42,18 @@ FRACTIONS = ((1 / 2, "1/2"), (1 / 3, "1/3"), (1 / 4, "1/4"))
 log = logging.getLogger("bench")
 
 
-def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, variants: str):
+def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, variants: str,
+                repeats: int = 1):
     profile = config.load_profile()
     graph = planner_graph(profile)
     base = evaluate(profile, graph, baseline_decisions(graph))
     peak, step = base.result.peak_bytes, base.result.time_s
     for frac, label in FRACTIONS:
-        for solver in solvers:
+        for solver, run in ((s, r) for s in solvers for r in range(1, repeats + 1)):
             t0 = time.perf_counter()
             row = {"model": config.name, "nodes": len(profile.nodes), "timing": profile.timing,
                    "budget": label, "budget_bytes": int(peak * frac), "solver": solver,
-                   "peak0": peak}
+                   "peak0": peak, "run": run}
             try:
                 plan = solve(profile, row["budget_bytes"], backend=solver,
                              options=SolveOptions(time_limit_s=time_limit, variants=variants))
@@ -103,20 +108,49 @@ def render(rows, args) -> str:
         "objective | bound | gap | step gap | predicted peak | variants used |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        solver = r["solver"] + (f" (run {r['run']})" if args.repeats > 1 else "")
         if r["status"] == "infeasible":
             lines.append(f"| {r['model']} ({r['timing']}) | {r['nodes']} | {r['budget']} of "
-                         f"{format_bytes(r['peak0'])} | {r['solver']} | | | "
+                         f"{format_bytes(r['peak0'])} | {solver} | | | "
                          f"{r['seconds']:.1f} | {_infeasible(r)} | | | | | | |")
             continue
         gap = "" if r["gap"] is None else f"{r['gap']:.1%}"
         step_gap = "" if r.get("step_gap") is None else f"{r['step_gap']:.2%}"
         lines.append(
             f"| {r['model']} ({r['timing']}) | {r['nodes']} | {r['budget']} of "
-            f"{format_bytes(r['peak0'])} | {r['solver']} | {r['variables'] or ''} | "
+            f"{format_bytes(r['peak0'])} | {solver} | {r['variables'] or ''} | "
             f"{r['constraints'] or ''} | {r['seconds']:.1f} | {r['status']} | "
             f"{_pct(r['objective'])} | {_pct(r['bound'])} | {gap} | {step_gap} | "
             f"{format_bytes(r['predicted_peak'])} | {r['variants_used']} |")
+    if args.repeats > 1:
+        lines += ["", *spread(rows)]
     return "\n".join(lines) + "\n"
+
+
+def spread(rows) -> list[str]:
+    """Per model, budget and solver solved more than once: the median, least and most
+    overhead and gap of its runs (infeasible runs counted apart)."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["budget"], r["solver"]), []).append(r)
+    lines = ["Run to run (`--repeats`): overhead over the unoptimised step and gap of the "
+             "extra time, median [least, most].", "",
+             "| model | budget | solver | runs | infeasible | overhead | gap |",
+             "|---|---|---|---|---|---|---|"]
+
+    def summary(values, fmt) -> str:
+        if not values:
+            return ""
+        return f"{fmt(statistics.median(values))} [{fmt(min(values))}, {fmt(max(values))}]"
+
+    for (model, budget, solver), runs in groups.items():
+        solved = [r for r in runs if r["status"] != "infeasible"]
+        gaps = [r["gap"] for r in solved if r["gap"] is not None]
+        lines.append(f"| {model} | {budget} | {solver} | {len(runs)} | "
+                     f"{len(runs) - len(solved)} | "
+                     f"{summary([r['overhead'] for r in solved], _pct)} | "
+                     f"{summary(gaps, lambda g: f'{g:.1%}')} |")
+    return lines
 
 
 def main() -> None:
@@ -128,15 +162,20 @@ def main() -> None:
                         choices=["highs", "cbc", "cpsat"])
     parser.add_argument("--time-limit", type=float, default=60)
     parser.add_argument("--variants", default="all", choices=["all", "exact", "none"])
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="solve each budget this many times (run-to-run spread)")
     parser.add_argument("-o", "--output",
                         default=os.path.join(ROOT, "bench/results/solve_bench.md"))
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("planner").setLevel(logging.WARNING)
     rows = []
     for name in args.models:
         config = ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
-        for row in bench_model(config, args.solvers, args.time_limit, args.variants):
+        for row in bench_model(config, args.solvers, args.time_limit, args.variants,
+                               args.repeats):
             rows.append(row)
             log.info("%s", row)
             write_atomic(args.output, render(rows, args))
