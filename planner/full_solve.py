@@ -24,7 +24,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from profiler.ir import FORWARD, Profile
+from profiler.ir import Profile
 from profiler.out_overloads import pointwise_out_table
 
 from .backends import SolveOptions, SolveOutcome
@@ -89,8 +89,7 @@ class FullSolveProcess:
         if not profile.pointwise_out:
             # A profile from before the table of out= overloads was recorded: made here,
             # as the worker runs without torch (planner.full_worker).
-            profile = replace(profile, pointwise_out=pointwise_out_table(
-                n.target for n in profile.nodes if n.role == FORWARD))
+            profile = replace(profile, pointwise_out=pointwise_out_table(profile.nodes))
         profile.save(profile_path)
         # -P and an explicit path: the package importable wherever we run, and nothing in
         # the working directory shadowing a module.

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Iterable
 
+from .ir import FORWARD, NodeRecord
+
 
 @functools.lru_cache(maxsize=None)
 def pointwise_out_overload(target: str) -> Any:
@@ -34,7 +36,8 @@ def pointwise_out_overload(target: str) -> Any:
     return None
 
 
-def pointwise_out_table(targets: Iterable[str]) -> dict[str, bool]:
-    """For each of ``targets`` (sorted, once): whether it has an element-wise ``out=``
-    overload. What ``Profile.pointwise_out`` holds for the profile's forward targets."""
-    return {t: pointwise_out_overload(t) is not None for t in sorted(set(targets))}
+def pointwise_out_table(nodes: Iterable[NodeRecord]) -> dict[str, bool]:
+    """For each forward target among ``nodes`` (sorted, once): whether it has an
+    element-wise ``out=`` overload. What ``Profile.pointwise_out`` holds."""
+    targets = {n.target for n in nodes if n.role == FORWARD}
+    return {t: pointwise_out_overload(t) is not None for t in sorted(targets)}

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 
 from .capture import CapturedGraph, capture
-from .ir import FORWARD, Profile
+from .ir import Profile
 from .out_overloads import pointwise_out_table
 from .timing import estimate_times, measure_nodes
 
@@ -56,5 +56,4 @@ def profile_captured(captured: CapturedGraph, model: torch.nn.Module,
         timing="estimated" if estimate else "measured", nodes=captured.records,
         storage_bytes=captured.storage_bytes, outputs=captured.outputs,
         autocast=captured.autocast,
-        pointwise_out=pointwise_out_table(r.target for r in captured.records
-                                          if r.role == FORWARD))
+        pointwise_out=pointwise_out_table(captured.records))
