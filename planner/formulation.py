@@ -144,7 +144,8 @@ def _storages(graph: PlannerGraph, nodes: set[int]) -> set[int]:
 def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None,
                      minimize_peak: bool = False, max_recompute_depth: int | None = 12,
                      variants: str = "all", include: Decisions | None = None,
-                     in_place: str | None = None, recompute_cuts: bool = False) -> StageMILP:
+                     in_place: str | None = None, recompute_cuts: bool = False,
+                     rows_only: bool = False) -> StageMILP:
     """The MILP for ``graph``: minimise the step's extra time under ``budget`` bytes, or
     (with ``minimize_peak``) minimise the peak itself. Recomputation chains are limited to
     ``max_recompute_depth`` ops per stage (None: unlimited), which keeps the problem small
@@ -153,7 +154,11 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     ``variants`` says which operator variants the plan may use, and which writes in place
     (``planner.in_place``) unless ``in_place`` says otherwise: all, exact or none.
     ``recompute_cuts`` adds rows that tighten the LP relaxation without cutting off a plan
-    (``planner.recompute_cuts``): a stronger bound, at the price of larger LPs."""
+    (``planner.recompute_cuts``): a stronger bound, at the price of larger LPs.
+    ``rows_only`` builds the variables, memory rows and objective without any constraint:
+    all a memory claim (``StageMILP.evaluate_peak``) reads, and not a problem to solve (a
+    low-memory plan of the GPT recomputing 26K ops: 3.5-3.7 s with its claim, 6.5 s with
+    every row)."""
     K = len(graph.stages)
     prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
@@ -193,8 +198,57 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     for e, vs in sorted(sites.items()):
         for v in vs:
             U[e, v.name] = pulp.LpVariable(f"U_{e}_{v.name}", cat="Binary")
-        if len(vs) > 1:
+        if len(vs) > 1 and not rows_only:
             add_constraint(prob, f"one_variant_{e}", [(U[e, v.name], 1) for v in vs], LE, -1)
+
+    if not rows_only:
+        _plan_constraints(prob, graph, S, R, U, sites, anc_nodes, ops, recompute_cuts)
+
+    base = sum(graph.storage_bytes[s] for s in graph.constant_storages)
+    in_place = variants if in_place is None else in_place
+    writes = allowed_writes(graph, in_place)
+    rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base, writes)
+    pinned = sum(graph.storage_bytes[s] for s in graph.pinned_storages)
+    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned, writes)
+    rows += stage_rows
+    for a in aux if not rows_only else ():
+        for i, expr in enumerate(a.lower):
+            add_constraint(prob, f"aux_{a.var.name}_{i}", [(a.var, 1), *terms_of(expr, -1)],
+                           GE, 0 - expr.constant)
+
+    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
+                     aux=aux, budget=None if minimize_peak else budget, in_place=in_place)
+    extra_time = linear((v, times[o]) for (k, o), v in R.items())
+    for (e, name), v in U.items():
+        var = graph.variant(e, name)
+        delta = times[var.impl] - times[e] + (times[var.pack] if var.pack is not None else 0.0)
+        extra_time.addterm(v, delta)
+    if rows_only:
+        prob += extra_time
+    elif minimize_peak:
+        milp.peak = pulp.LpVariable("peak_mib", lowBound=0)
+        for i, row in enumerate(rows):
+            add_constraint(prob, f"mem_{i}", [*terms_of(row, MIB_SCALE), (milp.peak, -1)], LE,
+                           row.constant * MIB_SCALE)
+        # The peak (MiB) dominates; the extra time, as a fraction of the step, breaks ties
+        # for at most 1e-4 MiB.
+        prob += milp.peak + 1e-4 / max(sum(times), 1e-12) * extra_time
+    else:
+        assert budget is not None
+        for i, row in enumerate(rows):
+            add_constraint(prob, f"mem_{i}", terms_of(row, MIB_SCALE), LE,
+                           row.constant * MIB_SCALE - budget * MIB_SCALE)
+        prob += extra_time
+    return milp
+
+
+def _plan_constraints(prob: pulp.LpProblem, graph: PlannerGraph, S: dict, R: dict, U: dict,
+                      sites: dict, anc_nodes: list[set[int]], ops: set[int],
+                      recompute_cuts: bool) -> None:
+    """The stage MILP's rows other than memory: needs held or recomputed, recomputations'
+    inputs available, keeps carried, no storage both held and recomputed, packs only with
+    their variants, and (``recompute_cuts``) the recomputation cuts."""
+    K = len(graph.stages)
 
     def avail(k: int, s: int, sign: int = 1) -> list[tuple[pulp.LpVariable, int]]:
         """The terms that make storage s available in stage k: held or recomputed."""
@@ -246,40 +300,3 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
             if (0, s) in S:
                 add_constraint(prob, f"pack_{s}", [(S[0, s], 1)] + [
                     (U[v.site, v.name], -1) for v in vs if (v.site, v.name) in U], LE)
-
-    base = sum(graph.storage_bytes[s] for s in graph.constant_storages)
-    in_place = variants if in_place is None else in_place
-    writes = allowed_writes(graph, in_place)
-    rows = forward_memory_rows(graph, {s: S[0, s] for (k, s) in S if k == 0}, base, writes)
-    pinned = sum(graph.storage_bytes[s] for s in graph.pinned_storages)
-    stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned, writes)
-    rows += stage_rows
-    for a in aux:
-        for i, expr in enumerate(a.lower):
-            add_constraint(prob, f"aux_{a.var.name}_{i}", [(a.var, 1), *terms_of(expr, -1)],
-                           GE, 0 - expr.constant)
-
-    milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
-                     aux=aux, budget=None if minimize_peak else budget, in_place=in_place)
-    extra_time = linear((v, times[o]) for (k, o), v in R.items())
-    for (e, name), v in U.items():
-        var = graph.variant(e, name)
-        delta = times[var.impl] - times[e] + (times[var.pack] if var.pack is not None else 0.0)
-        extra_time.addterm(v, delta)
-    if minimize_peak:
-        milp.peak = pulp.LpVariable("peak_mib", lowBound=0)
-        for i, row in enumerate(rows):
-            add_constraint(prob, f"mem_{i}", [*terms_of(row, MIB_SCALE), (milp.peak, -1)], LE,
-                           row.constant * MIB_SCALE)
-        # The peak (MiB) dominates; the extra time, as a fraction of the step, breaks ties
-        # for at most 1e-4 MiB.
-        prob += milp.peak + 1e-4 / max(sum(times), 1e-12) * extra_time
-    else:
-        assert budget is not None
-        for i, row in enumerate(rows):
-            add_constraint(prob, f"mem_{i}", terms_of(row, MIB_SCALE), LE,
-                           row.constant * MIB_SCALE - budget * MIB_SCALE)
-        prob += extra_time
-    return milp
-
-

@@ -127,7 +127,7 @@ def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: So
     budget (on ResNet-50 it reaches budgets a third lower; on U-Net's measured profile
     5.03 GiB against the lowest-peak search's 5.25 GiB).
     """
-    from .solve import solve  # (solve calls this module when nothing fits)
+    from .solve import probe_budget  # (solve calls this module when nothing fits)
     t0 = time.perf_counter()
     candidates = candidates + [evaluate(profile, graph, d)
                                for d in low_plans(profile.graph_hash)
@@ -167,10 +167,10 @@ def lowest_plan(profile: Profile, graph: PlannerGraph, backend: str, options: So
             break
         target, retry = retry if retry is not None else int(lo + 0.5 * (peak - lo)), None
         try:
-            plan = solve(profile, target, backend, replace(
-                options, time_limit_s=left / probes_left), _fallback=False)
-            if plan.predicted_peak_bytes < peak:
-                best = evaluate(profile, graph, plan.decisions())
+            found = probe_budget(profile, target, backend, replace(
+                options, time_limit_s=left / probes_left))
+            if found.result.peak_bytes < peak:
+                best = found
             log.info("budget %s reached: peak %s", format_bytes(target),
                      format_bytes(best.result.peak_bytes))
         except InfeasibleBudgetError:

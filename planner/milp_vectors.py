@@ -58,8 +58,9 @@ class MilpVectors:
         self.variables = list(milp.problem.variables())
         self.columns = len(self.variables)  # the solver's; any others follow them
         known = {v.name for v in self.variables}
-        for v in (*milp.keep.values(), *milp.recompute.values(), *milp.variant.values()):
-            if v.name not in known:  # in no row (kept for completeness)
+        for v in (*milp.keep.values(), *milp.recompute.values(), *milp.variant.values(),
+                  *(a.var for a in milp.aux)):
+            if v.name not in known:  # in no row (kept for completeness), or no constraint
                 known.add(v.name)
                 self.variables.append(v)
         self.names = [v.name for v in self.variables]

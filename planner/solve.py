@@ -75,8 +75,7 @@ FINISH_BUILD_SHARE = 0.55
 # when the budgeted search took the rest.
 LOW_MIN_SHARE = 0.1
 def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
-          options: SolveOptions | None = None, hints: Sequence[Decisions] = (),
-          _fallback: bool = True) -> Plan:
+          options: SolveOptions | None = None, hints: Sequence[Decisions] = ()) -> Plan:
     """The fastest plan for ``profile`` whose peak memory is at most ``budget``.
 
     Heuristic checkpoint plans come first; the MILP then searches the fastest plan within
@@ -84,6 +83,27 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     lowest-memory search names the smallest feasible budget in InfeasibleBudgetError.
     ``hints`` are further plans to start from (e.g. a plan for a nearby budget).
     """
+    plan = _solve(profile, budget, backend, options, hints, probe=False)
+    assert isinstance(plan, Plan)
+    return plan
+
+
+def probe_budget(profile: Profile, budget: int, backend: str, options: SolveOptions
+                 ) -> Evaluation:
+    """The fastest plan ``solve`` finds within ``budget`` bytes, as an Evaluation, with no
+    fallback search when nothing fits (InfeasibleBudgetError at once) and no Plan made:
+    a probe of the bisection in ``planner.lowest`` reads the plan's decisions and peak
+    only, and the Plan's memory claim of a low-memory GPT plan (26K recomputations) took
+    6.5 s of a 10 s probe, past the time limit of the solve that probed."""
+    found = _solve(profile, budget, backend, options, (), probe=True)
+    assert isinstance(found, Evaluation)
+    return found
+
+
+def _solve(profile: Profile, budget: str | int | float, backend: str,
+           options: SolveOptions | None, hints: Sequence[Decisions], probe: bool
+           ) -> Plan | Evaluation:
+    """``solve``, or with ``probe`` ``probe_budget``."""
     options = options or SolveOptions()
     t0 = time.perf_counter()
     graph = planner_graph(profile)
@@ -99,6 +119,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
              format_bytes(budget_bytes), len(graph.stages))
 
     if budget_bytes >= base.result.peak_bytes:
+        if probe:
+            return base
         info = SolverInfo(name="none", status="optimal", time_limit_s=options.time_limit_s,
                           solve_time_s=0.0, objective=0.0, bound=0.0, gap=0.0)
         claimed = _plan_only_milp(graph, times, budget_bytes, base.decisions,
@@ -129,7 +151,7 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
     finally:
         if full is not None:
             full.stop()
-    if not fitting and not _fallback:
+    if not fitting and probe:
         raise InfeasibleBudgetError(budget_bytes, None, "no plan found", proven=False)
     if not fitting:
         # No plan found: the lowest-memory search names the smallest feasible budget (or,
@@ -159,6 +181,8 @@ def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
             profile, graph, lowest, budget_bytes, backend, options, fitting, heuristic_only,
             deadline, max_recompute_depth=None, milp=any_depth)
     best = min(fitting, key=lambda e: e.result.time_s)
+    if probe:
+        return best
     # A checkpoint plan may recompute deeper than the MILP's window: its memory claim then
     # comes from the same formulation with the plan's own recomputations as candidates.
     claim = milp if milp is not None and milp.represents(best.decisions) and \
@@ -301,7 +325,7 @@ def _plan_only_milp(graph: PlannerGraph, times: list[float], budget: int,
     states their memory claim as the full formulation would, and stays small on graphs
     (EfficientNet-B7's 814 stages) where unlimited-depth candidates take tens of GiB."""
     return build_stage_milp(graph, times, budget, max_recompute_depth=0, variants=variants,
-                            include=decisions, in_place=decisions.in_place)
+                            include=decisions, in_place=decisions.in_place, rows_only=True)
 
 
 def _make_plan(profile: Profile, graph: PlannerGraph, ev: Evaluation, base: Evaluation,

@@ -1,5 +1,6 @@
 """The planner: its memory model against the independent simulator, the backends, errors."""
 import copy
+import importlib
 import itertools
 import time
 
@@ -42,10 +43,15 @@ def test_formulation_memory_equals_simulator(name):
     for mode in ("none", "all"):  # without and with writes in place
         milp = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None,
                                 in_place=mode)
+        # The memory claim of a returned plan builds its rows alone (planner.solve).
+        rows = build_stage_milp(graph, times, budget=10**15, max_recompute_depth=None,
+                                in_place=mode, rows_only=True)
+        assert not rows.problem.constraints and len(rows.memory_rows) == len(milp.memory_rows)
         for d in plans:
             d.in_place = mode
-            assert milp.evaluate_peak(d) == \
-                simulate(case.profile, build_schedule(graph, d)).peak_bytes
+            peak = simulate(case.profile, build_schedule(graph, d)).peak_bytes
+            assert milp.evaluate_peak(d) == peak
+            assert rows.evaluate_peak(d) == peak
 
 
 def test_compiled_values_agree_with_pulp(gpt_case):
@@ -100,6 +106,45 @@ def test_infeasible_budget_names_a_feasible_one(gpt_case):
     smallest = err.value.smallest_feasible
     plan = solve(gpt_case.profile, smallest, options=OPTIONS)
     assert plan.predicted_peak_bytes <= smallest
+
+
+def test_budget_probes_make_no_plan(gpt_case, monkeypatch):
+    """The probes of the smallest-budget bisection (planner.lowest) read a plan's decisions
+    and peak only: they make no Plan, whose memory claim (the GPT's low-memory plans
+    recompute 26K ops) took a 60 s solve 5 s past its limit. Each probe's plan fits its
+    budget and is the simulator's."""
+    from types import SimpleNamespace
+
+    import planner.lowest
+    from planner.floor import peak_floor
+    solve_module = importlib.import_module("planner.solve")
+    profile = gpt_case.profile
+    graph = planner_graph(profile)
+    base = evaluate(profile, graph, baseline_decisions(graph))
+    made, probes = [], []
+    real_make, real_probe = solve_module._make_plan, solve_module.probe_budget
+
+    def make(*args, **kwargs):
+        made.append(args)
+        return real_make(*args, **kwargs)
+
+    def probe(profile, budget, *args, **kwargs):
+        found = real_probe(profile, budget, *args, **kwargs)
+        assert found.result.peak_bytes <= budget
+        assert found.result.peak_bytes == simulate(
+            profile, build_schedule(graph, found.decisions)).peak_bytes
+        probes.append(found)
+        return found
+
+    monkeypatch.setattr(solve_module, "_make_plan", make)
+    monkeypatch.setattr(solve_module, "probe_budget", probe)
+    # The lowest-peak search found nothing below the unoptimised peak: the bisection probes.
+    monkeypatch.setattr(planner.lowest, "lowest_peak_search",
+                        lambda *args: (base, SimpleNamespace(bound=None)))
+    best, _ = planner.lowest.lowest_plan(profile, graph, "highs", OPTIONS, [base],
+                                         peak_floor(profile, graph).peak_bytes)
+    assert probes and not made
+    assert best.result.peak_bytes < base.result.peak_bytes
 
 
 def test_cbc_backend_gives_a_correct_plan(gpt_case):
