@@ -160,7 +160,7 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     low-memory plan of the GPT recomputing 26K ops: 3.5-3.7 s with its claim, 6.5 s with
     every row)."""
     K = len(graph.stages)
-    prob = pulp.LpProblem("monet_stages", pulp.LpMinimize)
+    prob = pulp.LpProblem("monet_stage_rows" if rows_only else "monet_stages", pulp.LpMinimize)
     ops = set(graph.ops())
     sites = graph.variant_sites(variants)
     stage_needs = graph.stage_needs_any if sites else graph.stage_needs
