@@ -134,13 +134,13 @@ def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpCon
     has its column ``index``) the cuts its LP relaxation violates, re-solving the LP after
     each round until none is violated, ``rounds`` rounds were made or ``deadline``
     (``time.perf_counter()``) has passed. If it stopped with more than ``add_rest_above`` of
-    the cuts it checked last still violated (far from done: its next rounds would add many;
-    no LP solved in time counts as all violated), all the others are added too, without
-    re-solving. The model's integrality is restored. ``on_lp`` is called with the round,
-    the solution and the objective of every LP solved to optimality (the first is the
-    plain relaxation's; each objective is a lower bound on the MILP's). ``cuts`` may be a
-    function that makes them, called after the first LP (whose ``on_lp`` then comes
-    sooner); ``first_deadline``, if later than ``deadline``, is the first LP's.
+    the cuts it checked last still violated (far from done: its next rounds would add many),
+    or with no LP solved in time (whatever ``add_rest_above``, if not None), all the others
+    are added too, without re-solving. The model's integrality is restored. ``on_lp`` is
+    called with the round, the solution and the objective of every LP solved to optimality
+    (the first is the plain relaxation's; each objective is a lower bound on the MILP's).
+    ``cuts`` may be a function that makes them, called after the first LP (whose ``on_lp``
+    then comes sooner); ``first_deadline``, if later than ``deadline``, is the first LP's.
     Returns how many cuts were added."""
     import highspy
     rows: list | None = None
@@ -161,7 +161,7 @@ def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpCon
     integrality = np.array(highs.getLp().integrality_, dtype=np.uint8)
     highs.changeColsIntegrality(n, columns, np.zeros(n, dtype=np.uint8))
     added = 0
-    violated_share = 1.0
+    violated_share: float | None = None  # of the cuts the last LP checked
     try:
         for r in range(rounds):
             until = max(deadline, first_deadline or deadline) if r == 0 else deadline
@@ -192,11 +192,14 @@ def separate(highs, cuts: list[pulp.LpConstraint] | Callable[[], list[pulp.LpCon
                 _add_row(highs, rows[i])
             added += len(violated)
             pending = kept
+        unchecked = violated_share is None  # no LP solved in time: all count as violated
         if rows is None and add_rest_above is not None:
-            make_rows()  # no LP solved in time: all of them count as violated
-        if add_rest_above is not None and violated_share > add_rest_above and pending:
-            log.info("%.0f%% of the cuts still violated when the separation stopped: adding "
-                     "the other %d", 100 * violated_share, len(pending))
+            make_rows()
+        if add_rest_above is not None and pending and (
+                unchecked or violated_share > add_rest_above):
+            log.info("%s of the cuts still violated when the separation stopped: adding "
+                     "the other %d", "all" if unchecked else f"{violated_share:.0%}",
+                     len(pending))
             for i in pending:
                 _add_row(highs, rows[i])
             added += len(pending)

@@ -93,15 +93,19 @@ def test_separated_cuts_raise_the_lp_bound_and_keep_the_optimum(gpt_case):
 
 def test_a_separation_stopped_far_from_done_adds_the_other_cuts(gpt_case):
     """Stopped after one round, the separation adds the other cuts only when more than the
-    given share of them was violated in that round."""
+    given share of them was violated in that round, or (with any share, as the full-MILP
+    worker's 1.0) when it solved no LP in time."""
     graph = planner_graph(gpt_case.profile)
     times = [n.time_s for n in gpt_case.profile.nodes]
     peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
     added = {}
-    for above in (None, 0.0, 0.99):
+    for above, deadline in ((None, float("inf")), (0.0, float("inf")), (0.99, float("inf")),
+                            (1.0, float("inf")), (None, 0.0), (1.0, 0.0)):
         milp = build_stage_milp(graph, times, int(0.75 * peak), max_recompute_depth=3)
         h = PersistentHiGHS(milp.problem, 1e-6, 1).highs
         cuts = recomputation_cuts(graph, milp.keep, milp.recompute, graph.variant_sites("all"))
-        added[above] = separate(h, cuts, deadline=float("inf"), rounds=1,
-                                add_rest_above=above)
-    assert 0 < added[None] == added[0.99] < added[0.0] == len(cuts)
+        added[above, deadline] = separate(h, cuts, deadline=deadline, rounds=1,
+                                          add_rest_above=above)
+    checked = {above: added[above, float("inf")] for above in (None, 0.0, 0.99, 1.0)}
+    assert 0 < checked[None] == checked[0.99] == checked[1.0] < checked[0.0] == len(cuts)
+    assert added[None, 0.0] == 0 and added[1.0, 0.0] == len(cuts)
