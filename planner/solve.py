@@ -74,6 +74,8 @@ FINISH_BUILD_SHARE = 0.55
 # The least share of the time limit the lowest-peak search of an infeasible budget gets
 # when the budgeted search took the rest.
 LOW_MIN_SHARE = 0.1
+
+
 def solve(profile: Profile, budget: str | int | float, backend: str = "highs",
           options: SolveOptions | None = None, hints: Sequence[Decisions] = ()) -> Plan:
     """The fastest plan for ``profile`` whose peak memory is at most ``budget``.
