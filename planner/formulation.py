@@ -211,10 +211,11 @@ def build_stage_milp(graph: PlannerGraph, times: list[float], budget: int | None
     pinned = sum(graph.storage_bytes[s] for s in graph.pinned_storages)
     stage_rows, aux = stage_memory_rows(graph, S, R, U, base + pinned, writes)
     rows += stage_rows
-    for a in aux if not rows_only else ():
-        for i, expr in enumerate(a.lower):
-            add_constraint(prob, f"aux_{a.var.name}_{i}", [(a.var, 1), *terms_of(expr, -1)],
-                           GE, 0 - expr.constant)
+    if not rows_only:
+        for a in aux:
+            for i, expr in enumerate(a.lower):
+                add_constraint(prob, f"aux_{a.var.name}_{i}",
+                               [(a.var, 1), *terms_of(expr, -1)], GE, 0 - expr.constant)
 
     milp = StageMILP(problem=prob, keep=S, recompute=R, memory_rows=rows, variant=U,
                      aux=aux, budget=None if minimize_peak else budget, in_place=in_place)
