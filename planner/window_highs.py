@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import pulp
 
@@ -49,12 +50,23 @@ class PersistentHiGHS:
         self.variables = problem.variables()
         self.bounds = [(v.lowBound, v.upBound) for v in self.variables]
 
-    def solve(self, fixed: dict[int, float], start: list[float], time_limit_s: float
-              ) -> bool:
+    def solve(self, fixed: dict[int, float], start: list[float], time_limit_s: float,
+              stop: Callable[[], bool] | None = None) -> bool:
         """Fix the columns in ``fixed`` (index -> value), free the others to their own
-        bounds, start from ``start`` and solve. Returns whether a solution was found (its
-        values are then in the variables' ``varValue``)."""
-        self._run(fixed, start, time_limit_s)
+        bounds, start from ``start`` and solve; ``stop``, if given, is asked at HiGHS's
+        interrupt points and ends the run when it says so. Returns whether a solution was
+        found (its values are then in the variables' ``varValue``)."""
+        def interrupt(event) -> None:
+            if stop():
+                event.data_in.user_interrupt = True
+
+        if stop is not None:
+            self.highs.cbMipInterrupt.subscribe(interrupt)
+        try:
+            self._run(fixed, start, time_limit_s)
+        finally:
+            if stop is not None:
+                self.highs.cbMipInterrupt.unsubscribe(interrupt)
         return self._read_solution()
 
     def solve_whole(self, start: list[float] | None, time_limit_s: float

@@ -5,6 +5,7 @@ import copy
 import glob
 import logging
 import os
+import time
 
 import pytest
 
@@ -155,6 +156,36 @@ def test_first_sweep_takes_up_only_a_far_better_worker_plan(far_better, resnet18
         assert looks_before == 0  # taken up at the first window
     else:  # after the first sweep, or never (the windows found as good a plan)
         assert looks_before is None or looks_before >= first_sweep_windows
+
+
+def test_a_window_spanning_every_stage_gets_the_rest_of_the_time(resnet18_windows):
+    """A window spanning every stage is the whole problem: it runs until the time is spent
+    (HiGHS takes about 45 s to prove this one), not for one step's limit, and improves the
+    start. Before 2026-12-05 it had the step's limit (here 0.1 s) and the search ended."""
+    _, graph, milp, budget, start, _ = resnet18_windows
+    t0 = time.perf_counter()
+    better, _ = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 5.0,
+                                   window=len(graph.stages), step_limit_s=0.001)
+    assert time.perf_counter() - t0 >= 4.0
+    assert milp.objective_of(better) < 0.5 * milp.objective_of(start)
+    assert milp.evaluate_peak(better) <= budget
+
+
+def test_the_whole_problem_stops_when_the_worker_proves_its_plan(resnet18_windows):
+    """The window search's whole-problem solve ends soon after the worker says it has
+    proved its plan optimal, not at the search's deadline."""
+    _, graph, milp, _, start, _ = resnet18_windows
+    t0 = time.perf_counter()
+
+    class ProvesAfterASecond(_FakeWorker):
+        @property
+        def proved_optimal(self) -> bool:
+            return time.perf_counter() > t0 + 1.0
+
+    improve_by_windows(milp, graph, start, "highs", SolveOptions(), 30.0,
+                       window=len(graph.stages), step_limit_s=0.001,
+                       full=ProvesAfterASecond(start, milp.objective_of(start)))
+    assert time.perf_counter() - t0 < 10.0
 
 
 @pytest.mark.parametrize("name", ["gpt", "resnet18"])
