@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 # this share doubles the window, as one that found nothing does. On ResNet-50 at 1/2 of its
 # peak, 32-stage sweeps gained 0.2 % (+7.155 to +7.141 s of recomputation) and kept the
 # window at 32 for the rest of a 60 s solve; the 64-stage windows a 900 s run reached then
-# took it to 5.16 s in four steps.
-SWEEP_MIN_GAIN = 0.01
+# took it to 5.16 s in four steps. At 1 % (until 2026-12-05) ResNet-50 at 1/4 spent 20 s
+# on 16-stage sweeps gaining 5 % and 0.1 %, and its one 32-stage window at the end gained
+# 4.4 %. At 10 %, 60 s solves on a machine at 1.43x the reference speed
+# (bench/results/solve_bench_sweep_gain.md): ResNet-50 +9.66 % against +10.44 % at 1/2,
+# +30.25-31.45 % against +33.18 % at 1/4, U-Net +40.76 % against +41.88 % at 1/3; GoogLeNet
+# at 1/4 +25.27 % against +24.92 %, ResNet-50 at 1/3 +24.25 % against +24.13 %.
+SWEEP_MIN_GAIN = 0.1
 # In the first sweep the worker's plan is taken up only when its objective is under this
 # share of the best here: from a start far worse than the worker's plan the first sweep
 # rarely catches up (ResNet-50 at 0.4 of its peak, 27 s: windows from the 22.8 s start
