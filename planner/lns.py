@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 # 4.4 %. At 10 %, 60 s solves on a machine at 1.43x the reference speed
 # (bench/results/solve_bench_sweep_gain.md): ResNet-50 +9.66 % against +10.44 % at 1/2,
 # +30.25-31.45 % against +33.18 % at 1/4, U-Net +40.76 % against +41.88 % at 1/3; GoogLeNet
-# at 1/4 +25.27 % against +24.92 %, ResNet-50 at 1/3 +24.25 % against +24.13 %.
+# at 1/4 +25.27 % against +24.92 % (and +24.92 % in the next run), ResNet-50 at 1/3 +24.25 %
+# against +24.13 % (both seen at 1 %).
 SWEEP_MIN_GAIN = 0.1
 # In the first sweep the worker's plan is taken up only when its objective is under this
 # share of the best here: from a start far worse than the worker's plan the first sweep
