@@ -21,7 +21,7 @@ from .full_solve import FullSolveProcess
 from .graph import PlannerGraph
 from .progress import ProgressLog
 from .schedule import Decisions
-from .window_highs import PersistentHiGHS, highs_status
+from .window_highs import PersistentHiGHS
 
 log = logging.getLogger(__name__)
 # A sweep over the backward pass whose windows together lowered the objective by less than
@@ -145,15 +145,14 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 fixed = np.flatnonzero((staged & ((last < lo) | (first >= lo + window)))
                                        [:vectors.columns]).tolist()
                 # A window spanning every stage is the whole problem: it gets the rest of
-                # the time, and the search ends only when it proves its plan optimal.
+                # the time (the search then ends, below).
                 limit = left if window >= K else min(step_limit_s * window / first_window,
                                                      left)
                 start_values = best_x[:vectors.columns].tolist()
                 if persistent is not None:
-                    found = persistent.solve(
+                    status = persistent.solve(
                         {i: start_values[i] for i in fixed}, start_values, limit,
                         stop=None if full is None else lambda: full.proved_optimal)
-                    proved = highs_status(persistent.highs) == "optimal"
                 else:
                     fixed_set = set(fixed)
                     for i, v in enumerate(variables):
@@ -162,11 +161,11 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                         else:
                             v.lowBound, v.upBound = bounds[v.name]
                         v.varValue = start_values[i]  # the warm start
-                    outcome = solve_problem(milp.problem, backend, replace(
-                        options, time_limit_s=limit, warm_start=True))
-                    found, proved = outcome.has_solution, outcome.status == "optimal"
-                if found and better(milp.decisions(K),
-                                    f"window {max(lo, 0)}-{lo + window - 1}"):
+                    status = solve_problem(milp.problem, backend, replace(
+                        options, time_limit_s=limit, warm_start=True)).status
+                proved = status == "optimal"
+                if status in ("optimal", "feasible") and better(
+                        milp.decisions(K), f"window {max(lo, 0)}-{lo + window - 1}"):
                     improved_this_sweep = True
                     if full is not None:
                         full.offer(best)

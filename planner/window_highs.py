@@ -51,11 +51,12 @@ class PersistentHiGHS:
         self.bounds = [(v.lowBound, v.upBound) for v in self.variables]
 
     def solve(self, fixed: dict[int, float], start: list[float], time_limit_s: float,
-              stop: Callable[[], bool] | None = None) -> bool:
+              stop: Callable[[], bool] | None = None) -> str:
         """Fix the columns in ``fixed`` (index -> value), free the others to their own
         bounds, start from ``start`` and solve; ``stop``, if given, is asked at HiGHS's
-        interrupt points and ends the run when it says so. Returns whether a solution was
-        found (its values are then in the variables' ``varValue``)."""
+        interrupt points and ends the run when it says so. Returns the status (optimal,
+        feasible, infeasible or no_solution); a solution's values are in the variables'
+        ``varValue``."""
         def interrupt(event) -> None:
             if stop():
                 event.data_in.user_interrupt = True
@@ -67,7 +68,8 @@ class PersistentHiGHS:
         finally:
             if stop is not None:
                 self.highs.cbMipInterrupt.unsubscribe(interrupt)
-        return self._read_solution()
+        self._read_solution()
+        return highs_status(self.highs)
 
     def solve_whole(self, start: list[float] | None, time_limit_s: float
                     ) -> tuple[str, float | None]:
