@@ -261,15 +261,7 @@ def _plan_constraints(prob: pulp.LpProblem, graph: PlannerGraph, S: dict, R: dic
 
     for k in range(K):
         # Needs every choice of the stage shares are hard; the others follow the choice.
-        always: set[int] = set()
-        for e in graph.stages[k]:
-            if e in sites:
-                options = [graph.needs_of_choice[e, ""]] + \
-                    [graph.needs_of_choice[e, v.name] for v in sites[e]]
-                always |= set.intersection(*map(set, options))
-            else:
-                always |= graph.needs_of_choice[e, ""]
-        hard = _storages(graph, always)
+        hard = graph.stage_hard_needs(k, sites)
         for s in hard:
             add_constraint(prob, f"need_{k}_{s}", avail(k, s), GE, -1)
         for e in graph.stages[k]:

@@ -357,6 +357,22 @@ class PlannerGraph:
             out |= self.planned_storages(n)
         return out
 
+    def stage_hard_needs(self, k: int, sites: dict[int, list[Variant]]) -> set[int]:
+        """Planned storages stage k reads whichever of ``sites``' options (site -> its
+        variants) run: a need every plan of the stage MILP meets."""
+        always: set[int] = set()
+        for e in self.stages[k]:
+            if e in sites:
+                options = [self.needs_of_choice[e, ""]] + \
+                    [self.needs_of_choice[e, v.name] for v in sites[e]]
+                always |= set.intersection(*map(set, options))
+            else:
+                always |= self.needs_of_choice[e, ""]
+        out: set[int] = set()
+        for n in always:
+            out |= self.planned_storages(n)
+        return out
+
     def variant_sites(self, mode: str = "all") -> dict[int, list[Variant]]:
         """The variants a plan may use: ``all``, only the ``exact`` ones (bit-identical
         gradients), or ``none``."""

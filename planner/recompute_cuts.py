@@ -1,6 +1,6 @@
 """Recomputation cuts: rows valid at every plan that tighten the stage MILP's LP relaxation.
 
-The relaxation of ``planner.formulation`` is weak in two ways these rows close:
+The relaxation of ``planner.formulation`` is weak in three ways these rows close:
 
 * *Gathering*: it holds a sliver of a tensor s all along and recomputes that sliver of the
   op o that reads s at stage after stage, so o's output t is gathered nearly whole for the
@@ -8,11 +8,16 @@ The relaxation of ``planner.formulation`` is weak in two ways these rows close:
 * *Split choices*: at a variant site whose options read s or t (a batch norm's backward
   reads its input or its output), it splits the choice, holds half of s for the original
   and lets the same half recompute t for the variant.
+* *Split needs*: a need of stage k met partly by t held since o's first recompute stage
+  and partly by o recomputed at k, each path backed by its own share of o's input (and of
+  that input's creator's inputs, up the graph); ``_need_cuts`` counts the sources once.
 
-On ResNet-50 at 1/3 of its peak they raise the LP bound from +2.80 % to +5.76 % of the
-step. ``separate`` adds only the rows an LP solution violates, round after round, to a
-HiGHS model: all of them (~9K on ResNet-50) slowed HiGHS's proof on the U-Net at 1/2 from
-39 s to over 60 s.
+``separate`` adds only the rows an LP solution violates, round after round, to a HiGHS
+model: all of them (~9K on ResNet-50) slowed HiGHS's proof on the U-Net at 1/2 from 39 s
+to over 60 s. The LP relaxation with every row, as % of the step (2026-12-06, a machine at
+1.45x the reference speed; ``bench/lp_bound.py``): ResNet-50 at 1/3 of its peak +10.73 %
+without the need cuts, +14.79 % with them; U-Net at 1/3 +17.26 / +20.67 %; the GPT with its
+loss at 1/3 +8.07 / +12.66 %; GoogLeNet at 1/4 +12.19 / +12.71 %.
 """
 from __future__ import annotations
 
@@ -26,6 +31,12 @@ import pulp
 from .graph import PlannerGraph
 
 log = logging.getLogger(__name__)
+# How many inputs up from a stage's need the need cuts follow (``_need_cuts``). The LP
+# relaxation with every row at 1, 2, 3, 4 (% of the step, ad hoc script, 2026-12-06): U-Net
+# at 1/3 +19.21, +20.22, +20.67, +20.70; ResNet-50 at 1/3 +10.91, +14.62, +14.79, +14.81
+# (+14.93 at 6); GoogLeNet at 1/4 +12.40, +12.68, +12.71 (to 3); the GPT with its loss at
+# 1/3 +8.58, +12.29, +12.66 (to 3). Each level adds a few hundred rows.
+NEED_CUT_DEPTH = 3
 
 
 def recomputation_cuts(graph: PlannerGraph, S: dict[tuple[int, int], pulp.LpVariable],
@@ -37,7 +48,8 @@ def recomputation_cuts(graph: PlannerGraph, S: dict[tuple[int, int], pulp.LpVari
     for (k, o) in sorted(R):
         stages_of.setdefault(o, []).append(k)
     return _gathering_cuts(graph, S, R, stages_of) + \
-        _choice_cuts(graph, S, R, sites, stages_of)
+        _choice_cuts(graph, S, R, sites, stages_of) + \
+        _need_cuts(graph, S, R, sites, stages_of)
 
 
 def _made_by(graph: PlannerGraph, o: int) -> list[int]:
@@ -114,6 +126,52 @@ def _choice_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
                 cut = source + held >= 1
                 cut.name = f"choice_{e}_{s}"
                 cuts.append(cut)
+    return cuts
+
+
+def _need_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
+               stages_of: dict[int, list[int]], depth: int | None = None
+               ) -> list[pulp.LpConstraint]:
+    """For a storage t that stage k reads whatever runs, made by op o first recomputable at
+    stage f <= k, and each input s of o: t is held since f, or o runs at some stage j in
+    f..k, which needs s then, so s is held since f or recomputed in f..j:
+    ``S[f][t] + S[f][s] + sum_{f<=j<=k} R[j][creator(s)] >= 1``. The recomputation of s's
+    creator needs each of its inputs in turn, so a path of ``depth`` inputs up from t
+    gives ``S[f][t] + S[f][s] + S[f][s2] + sum_{f<=j<=k} R[j][creator(s2)] >= 1`` and so on
+    (one row per path and length). The LP relaxation meets the need with a share of o's
+    recomputation at k and a share of t held since f, each backed by its own share of s's
+    sources: these rows count them once. (HiGHS finds some in its root cut rounds; made
+    here, they are in the LP the worker separates.)"""
+    depth = NEED_CUT_DEPTH if depth is None else depth
+    cuts: list[pulp.LpConstraint] = []
+    if depth < 1:
+        return cuts
+
+    def sources(s: int, f: int, k: int) -> tuple[list, list]:
+        c = graph.creator.get(s)
+        held = [S[f, s]] if (f, s) in S else []
+        return held, [R[j, c] for j in stages_of.get(c, ()) if f <= j <= k]
+
+    def paths(prefix: list, s: int, f: int, k: int, hops: int, name: str) -> None:
+        held, recomputed = sources(s, f, k)
+        if not held and not recomputed:
+            return
+        cut = pulp.lpSum(prefix + held + recomputed) >= 1
+        cut.name = name
+        cuts.append(cut)
+        if hops < depth and recomputed:
+            for s2 in sorted(graph.op_inputs(graph.creator[s])):
+                paths(prefix + held, s2, f, k, hops + 1, f"{name}_{s2}")
+
+    for k in range(len(graph.stages)):
+        for t in sorted(graph.stage_hard_needs(k, sites)):
+            o = graph.creator.get(t)
+            if o is None or o not in stages_of or stages_of[o][0] > k:
+                continue
+            f = stages_of[o][0]
+            prefix = [S[f, t]] if (f, t) in S else []
+            for s in sorted(graph.op_inputs(o)):
+                paths(prefix, s, f, k, 1, f"needpath_{k}_{t}_{s}")
     return cuts
 
 
