@@ -108,7 +108,7 @@ def main() -> None:
 
     def cuts() -> list:
         made.extend(recomputation_cuts(graph, milp.keep, milp.recompute,
-                                       graph.variant_sites(args.variants)))
+                                       graph.variant_sites(args.variants), milp.variant))
         return made
     lp_sent = []
 
