@@ -285,7 +285,7 @@ def _plan_constraints(prob: pulp.LpProblem, graph: PlannerGraph, S: dict, R: dic
         if k + 1 < K and (k + 1, s) in S and S[k + 1, s] is not v:
             add_constraint(prob, f"carry_{k}_{s}", [(S[k + 1, s], 1), *avail(k, s, -1)], LE)
     if recompute_cuts:
-        for cut in recomputation_cuts(graph, S, R, sites, U):
+        for cut in recomputation_cuts(graph, S, R, sites):
             prob += cut
     # A pack's output exists only if one of its variants is chosen.
     for p, vs in graph.packs.items():

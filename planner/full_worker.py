@@ -108,7 +108,7 @@ def main() -> None:
 
     def cuts() -> list:
         made.extend(recomputation_cuts(graph, milp.keep, milp.recompute,
-                                       graph.variant_sites(args.variants), milp.variant))
+                                       graph.variant_sites(args.variants)))
         return made
     lp_sent = []
 

@@ -40,18 +40,16 @@ NEED_CUT_DEPTH = 3
 
 
 def recomputation_cuts(graph: PlannerGraph, S: dict[tuple[int, int], pulp.LpVariable],
-                       R: dict[tuple[int, int], pulp.LpVariable], sites: dict,
-                       U: dict[tuple[int, str], pulp.LpVariable] | None = None
+                       R: dict[tuple[int, int], pulp.LpVariable], sites: dict
                        ) -> list[pulp.LpConstraint]:
-    """The gathering, split-choice and need cuts of a problem with keep variables ``S``,
-    recompute variables ``R``, variant ``sites`` (site -> its variants) and variant
-    variables ``U`` (without them, needs of some options only get no need cuts), named."""
+    """The gathering and split-choice cuts of a problem with keep variables ``S``,
+    recompute variables ``R`` and variant ``sites`` (site -> its variants), named."""
     stages_of: dict[int, list[int]] = {}
     for (k, o) in sorted(R):
         stages_of.setdefault(o, []).append(k)
     return _gathering_cuts(graph, S, R, stages_of) + \
         _choice_cuts(graph, S, R, sites, stages_of) + \
-        _need_cuts(graph, S, R, sites, stages_of, U)
+        _need_cuts(graph, S, R, sites, stages_of)
 
 
 def _made_by(graph: PlannerGraph, o: int) -> list[int]:
@@ -132,21 +130,18 @@ def _choice_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
 
 
 def _need_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
-               stages_of: dict[int, list[int]], U: dict | None = None,
-               depth: int | None = None) -> list[pulp.LpConstraint]:
+               stages_of: dict[int, list[int]], depth: int | None = None
+               ) -> list[pulp.LpConstraint]:
     """For a storage t that stage k reads whatever runs, made by op o first recomputable at
     stage f <= k, and each input s of o: t is held since f, or o runs at some stage j in
     f..k, which needs s then, so s is held since f or recomputed in f..j:
     ``S[f][t] + S[f][s] + sum_{f<=j<=k} R[j][creator(s)] >= 1``. The recomputation of s's
     creator needs each of its inputs in turn, so a path of ``depth`` inputs up from t
     gives ``S[f][t] + S[f][s] + S[f][s2] + sum_{f<=j<=k} R[j][creator(s2)] >= 1`` and so on
-    (one row per path and length). A storage only some options of a variant site read
-    (``U``: the variant variables; a batch norm's backward reads its input or its output)
-    gets the same rows with the option's indicator instead of 1: ``U[e][v]``, or
-    ``1 - sum_v U[e][v]`` for the original. The LP relaxation meets a need with a share of
-    o's recomputation at k and a share of t held since f, each backed by its own share of
-    s's sources: these rows count them once. (HiGHS finds some in its root cut rounds;
-    made here, they are in the LP the worker separates.)"""
+    (one row per path and length). The LP relaxation meets the need with a share of o's
+    recomputation at k and a share of t held since f, each backed by its own share of s's
+    sources: these rows count them once. (HiGHS finds some in its root cut rounds; made
+    here, they are in the LP the worker separates.)"""
     depth = NEED_CUT_DEPTH if depth is None else depth
     cuts: list[pulp.LpConstraint] = []
     if depth < 1:
@@ -157,41 +152,26 @@ def _need_cuts(graph: PlannerGraph, S: dict, R: dict, sites: dict,
         held = [S[f, s]] if (f, s) in S else []
         return held, [R[j, c] for j in stages_of.get(c, ()) if f <= j <= k]
 
-    def paths(prefix: list, s: int, f: int, k: int, hops: int, chosen: pulp.LpAffineExpression,
-              name: str) -> None:
-        """Rows ``prefix + sources >= chosen`` along every path up from s."""
+    def paths(prefix: list, s: int, f: int, k: int, hops: int, name: str) -> None:
         held, recomputed = sources(s, f, k)
         if not held and not recomputed:
             return
-        cut = pulp.lpSum(prefix + held + recomputed) >= chosen
+        cut = pulp.lpSum(prefix + held + recomputed) >= 1
         cut.name = name
         cuts.append(cut)
         if hops < depth and recomputed:
             for s2 in sorted(graph.op_inputs(graph.creator[s])):
-                paths(prefix + held, s2, f, k, hops + 1, chosen, f"{name}_{s2}")
+                paths(prefix + held, s2, f, k, hops + 1, f"{name}_{s2}")
 
-    def need(k: int, t: int, chosen: pulp.LpAffineExpression, name: str) -> None:
-        o = graph.creator.get(t)
-        if o is None or o not in stages_of or stages_of[o][0] > k:
-            return
-        f = stages_of[o][0]
-        prefix = [S[f, t]] if (f, t) in S else []
-        for s in sorted(graph.op_inputs(o)):
-            paths(prefix, s, f, k, 1, chosen, f"{name}_{s}")
-
-    one = pulp.LpAffineExpression(constant=1)
     for k in range(len(graph.stages)):
-        hard = graph.stage_hard_needs(k, sites)
-        for t in sorted(hard):
-            need(k, t, one, f"needpath_{k}_{t}")
-        for e in graph.stages[k] if U else ():
-            if e not in sites or any((e, v.name) not in U for v in sites[e]):
+        for t in sorted(graph.stage_hard_needs(k, sites)):
+            o = graph.creator.get(t)
+            if o is None or o not in stages_of or stages_of[o][0] > k:
                 continue
-            options = [("", 1 - pulp.lpSum(U[e, v.name] for v in sites[e]))]
-            options += [(v.name, pulp.LpAffineExpression(U[e, v.name])) for v in sites[e]]
-            for option, chosen in options:
-                for t in sorted(graph.planned_needs(e, option) - hard):
-                    need(k, t, chosen, f"needpath_{k}_{t}_{option or 'orig'}{e}")
+            f = stages_of[o][0]
+            prefix = [S[f, t]] if (f, t) in S else []
+            for s in sorted(graph.op_inputs(o)):
+                paths(prefix, s, f, k, 1, f"needpath_{k}_{t}_{s}")
     return cuts
 
 

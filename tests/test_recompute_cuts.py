@@ -79,7 +79,7 @@ def test_separated_cuts_raise_the_lp_bound_and_keep_the_optimum(gpt_case):
         rows = h.getNumRow()
         if with_cuts:
             cuts = recomputation_cuts(graph, milp.keep, milp.recompute,
-                                      graph.variant_sites("all"), milp.variant)
+                                      graph.variant_sites("all"))
             added = separate(h, cuts, deadline=float("inf"))
             assert 0 < added < len(cuts) and h.getNumRow() == rows + added
             assert _lp_bound(h) > before * 1.01
@@ -105,8 +105,7 @@ def test_a_separation_stopped_far_from_done_adds_the_other_cuts(gpt_case):
                             (1.0, float("inf")), (None, 0.0), (1.0, 0.0)):
         milp = build_stage_milp(graph, times, int(0.75 * peak), max_recompute_depth=3)
         h = PersistentHiGHS(milp.problem, 1e-6, 1).highs
-        cuts = recomputation_cuts(graph, milp.keep, milp.recompute, graph.variant_sites("all"),
-                                  milp.variant)
+        cuts = recomputation_cuts(graph, milp.keep, milp.recompute, graph.variant_sites("all"))
         added[above, deadline] = separate(h, cuts, deadline=deadline, rounds=1,
                                           add_rest_above=above)
     checked = {above: added[above, float("inf")] for above in (None, 0.0, 0.99, 1.0)}
