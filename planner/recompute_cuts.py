@@ -14,9 +14,9 @@ The relaxation of ``planner.formulation`` is weak in three ways these rows close
 
 ``separate`` adds only the rows an LP solution violates, round after round, to a HiGHS
 model: all of them (~9K on ResNet-50) slowed HiGHS's proof on the U-Net at 1/2 from 39 s
-to over 60 s. The LP relaxation with every row, as % of the step (2026-12-06, a machine at
-1.45x the reference speed; ``bench/lp_bound.py``): ResNet-50 at 1/3 of its peak +10.73 %
-without the need cuts, +14.79 % with them; U-Net at 1/3 +17.26 / +20.67 %; the GPT with its
+to over 60 s. The LP relaxation with every row, as % of the step (2026-12-06,
+``bench/results/lp_bound.md``): ResNet-50 at 1/3 of its peak +10.73 % without the need
+cuts, +14.79 % with them; U-Net at 1/3 +17.26 / +20.67 %; the GPT with its
 loss at 1/3 +8.07 / +12.66 %; GoogLeNet at 1/4 +12.19 / +12.71 %.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ NEED_CUT_DEPTH = 3
 def recomputation_cuts(graph: PlannerGraph, S: dict[tuple[int, int], pulp.LpVariable],
                        R: dict[tuple[int, int], pulp.LpVariable], sites: dict
                        ) -> list[pulp.LpConstraint]:
-    """The gathering and split-choice cuts of a problem with keep variables ``S``,
+    """The gathering, split-choice and need cuts of a problem with keep variables ``S``,
     recompute variables ``R`` and variant ``sites`` (site -> its variants), named."""
     stages_of: dict[int, list[int]] = {}
     for (k, o) in sorted(R):
