@@ -2,9 +2,13 @@
 the rows it finished and never leaves a half-written file, and budget fractions."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterable
+
 from profiler.ir import write_atomic
 
-__all__ = ["parse_fraction", "write_atomic"]
+__all__ = ["parse_fraction", "write_atomic", "write_rows_as_they_finish"]
+log = logging.getLogger("bench")
 
 
 def parse_fraction(text: str) -> float:
@@ -14,3 +18,18 @@ def parse_fraction(text: str) -> float:
     if not 0 < value <= 1:
         raise ValueError(f"budget fraction {text!r} is not in (0, 1]")
     return value
+
+
+def write_rows_as_they_finish(rows: Iterable[dict], output: str,
+                              render: Callable[[list[dict]], str]) -> list[dict]:
+    """Log each row of ``rows`` as it comes and rewrite ``output`` (atomically) with
+    ``render`` of every row so far; the planner logs only its warnings meanwhile. Returns
+    the rows."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("planner").setLevel(logging.WARNING)
+    done: list[dict] = []
+    for row in rows:
+        done.append(row)
+        log.info("%s", row)
+        write_atomic(output, render(done))
+    return done

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import logging
 import os
 import platform
 import sys
@@ -24,7 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import write_atomic  # noqa: E402
+from bench.common import write_rows_as_they_finish  # noqa: E402
 from planner import solve  # noqa: E402
 from planner.backends import SolveOptions, solve_problem  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
@@ -38,7 +37,6 @@ MODELS = {
     "mobilenet_v2": ("torchvision:mobilenet_v2", {"batch": 16, "image_size": 96}),
     "gpt_small": ("examples.gpt:gpt_small", {}),
 }
-log = logging.getLogger("bench")
 
 
 def compare(name: str, budgets: list[float], fast_s: float, long_s: float, variants: str):
@@ -103,15 +101,9 @@ def main() -> None:
     parser.add_argument("-o", "--output",
                         default=os.path.join(ROOT, "bench/results/fast_vs_long.md"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("planner").setLevel(logging.WARNING)
-    rows = []
-    for name in args.models:
-        for row in compare(name, args.budgets, args.fast_limit, args.long_limit,
-                           args.variants):
-            rows.append(row)
-            log.info("%s", row)
-            write_atomic(args.output, render(rows, args))
+    rows = (row for name in args.models for row in compare(
+        name, args.budgets, args.fast_limit, args.long_limit, args.variants))
+    write_rows_as_they_finish(rows, args.output, lambda done: render(done, args))
 
 
 if __name__ == "__main__":

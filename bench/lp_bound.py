@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import logging
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import write_atomic  # noqa: E402
+from bench.common import write_rows_as_they_finish  # noqa: E402
 from planner import recompute_cuts  # noqa: E402
 from planner.formulation import build_stage_milp  # noqa: E402
 from planner.schedule import baseline_decisions  # noqa: E402
@@ -36,7 +35,6 @@ from planner.window_highs import PersistentHiGHS  # noqa: E402
 from profiler.config import ModelConfig  # noqa: E402
 
 FRACTIONS = ((1 / 2, "1/2"), (1 / 3, "1/3"), (1 / 4, "1/4"))
-log = logging.getLogger("bench")
 
 
 def lp_relaxation(milp) -> tuple[float | None, int, float]:
@@ -104,15 +102,9 @@ def main() -> None:
     parser.add_argument("-o", "--output",
                         default=os.path.join(ROOT, "bench/results/lp_bound.md"))
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("planner").setLevel(logging.WARNING)
-    rows = []
-    for name in args.models:
-        config = ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
-        for row in bench_model(config, args.depths):
-            rows.append(row)
-            log.info("%s", row)
-            write_atomic(args.output, render(rows, args))
+    rows = (row for name in args.models for row in bench_model(
+        ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml")), args.depths))
+    write_rows_as_they_finish(rows, args.output, lambda done: render(done, args))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import logging
 import os
 import platform
 import statistics
@@ -29,7 +28,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import write_atomic  # noqa: E402
+from bench.common import write_rows_as_they_finish  # noqa: E402
 from planner import InfeasibleBudgetError, solve  # noqa: E402
 from planner.backends import SolveOptions  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
@@ -39,7 +38,6 @@ from planner.time_shares import machine_speed  # noqa: E402
 from profiler.config import ModelConfig  # noqa: E402
 
 FRACTIONS = ((1 / 2, "1/2"), (1 / 3, "1/3"), (1 / 4, "1/4"))
-log = logging.getLogger("bench")
 
 
 def bench_model(config: ModelConfig, solvers: list[str], time_limit: float, variants: str,
@@ -169,16 +167,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("planner").setLevel(logging.WARNING)
-    rows = []
-    for name in args.models:
-        config = ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml"))
-        for row in bench_model(config, args.solvers, args.time_limit, args.variants,
-                               args.repeats):
-            rows.append(row)
-            log.info("%s", row)
-            write_atomic(args.output, render(rows, args))
+    rows = (row for name in args.models for row in bench_model(
+        ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml")), args.solvers,
+        args.time_limit, args.variants, args.repeats))
+    write_rows_as_they_finish(rows, args.output, lambda done: render(done, args))
 
 
 if __name__ == "__main__":
