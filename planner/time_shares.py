@@ -101,9 +101,19 @@ def phase_s(share: float, options: SolveOptions, deadline: float) -> float:
     return max(0.0, min(share * options.time_limit_s, 0.5 * (deadline - time.perf_counter())))
 
 
+# What the MILP search costs after its build, whatever its time limit, in builds: PuLP
+# loading the problem into HiGHS and HiGHS's presolve, which does not look at the clock.
+# GoogLeNet's FLOP-estimated profile at 5 s (2026-12-06, a machine at 1.05x): a 1.8 s build
+# (1.28 s estimated), then 1.1 s of loading and 1.5 s of HiGHS for a 0.1 s limit, and the
+# solve took 6.3-7.0 s; without this the MILP search started with 0.9 s left.
+SOLVE_AFTER_BUILD = 2.0
+
+
 def _milp_s(graph: PlannerGraph, options: SolveOptions) -> float:
-    """The least time the MILP search takes: its build and its least share of the limit."""
-    return estimated_build_s(graph) + MILP_MIN_SHARE * options.time_limit_s
+    """The least time the MILP search takes: its build, loading and presolving it
+    (SOLVE_AFTER_BUILD builds), and its least share of the limit."""
+    return (1 + SOLVE_AFTER_BUILD) * estimated_build_s(graph) + \
+        MILP_MIN_SHARE * options.time_limit_s
 
 
 def time_search_s(graph: PlannerGraph, options: SolveOptions, deadline: float,
