@@ -84,6 +84,25 @@ def test_windows_never_make_a_plan_worse(resnet18_windows):
                for v in milp.problem.variables())
 
 
+def test_forward_op_windows_alone_make_a_plan_faster(resnet18_windows):
+    """Windows of consecutive forward ops (each frees every variable of those ops' values,
+    at every stage: a keep from the forward pass to a late stage moves whole) from the
+    slowest checkpoint plan: faster, within the budget by the simulator, the objective the
+    simulator's extra time, and the variables' bounds restored."""
+    profile, graph, milp, budget, start, _ = resnet18_windows
+    unoptimised = simulate(profile, build_schedule(graph, baseline_decisions(graph)))
+    better, steps = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0,
+                                       neighbourhoods=("forward ops",))
+    assert steps > 0 and milp.objective_of(better) < milp.objective_of(start)
+    sim = simulate(profile, build_schedule(graph, better))
+    assert sim.peak_bytes <= budget
+    assert sim.peak_bytes == milp.evaluate_peak(better)
+    assert milp.objective_of(better) == pytest.approx(sim.time_s - unoptimised.time_s,
+                                                      rel=1e-6, abs=1e-12)
+    assert all(v.lowBound in (0, None) and v.upBound in (1, None)
+               for v in milp.problem.variables())
+
+
 def test_whole_solve_on_the_window_model_is_pulps():
     """``PersistentHiGHS.solve_whole`` (the first solve of the MILP search, on the model the
     windows then re-solve) proves the same optimum as PuLP's HiGHS solve of the problem,
