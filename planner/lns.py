@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pulp
@@ -52,13 +52,20 @@ FIRST_SWEEP_TAKE_UP = 0.75
 # that spans stages outside it, such as keeping a tensor from the forward pass to its
 # backward stage, which a forward-op window frees whole. From ResNet-50's 60 s plan at 1/3
 # (+22.9 %), where 40 s more of stage windows found nothing, 40 s of forward-op windows
-# reached +18.1 %. In 60 s solves (same machine, one run each; before -> with them):
-# ResNet-50 +24.25 -> +18.92 % at 1/3, +31.45 -> +31.97 % at 1/4; U-Net at 1/3 +42.63 ->
-# +39.98 %; GoogLeNet +7.08 -> +7.75 % at 1/2, +24.92 -> +24.20 % at 1/4; the other
-# budgets within 0.02 point. Running them only after a stage sweep that gained under
+# reached +18.1 %. Same machine, one run each (bench/results/solve_bench_fast_machine.md):
+# with a whole forward-op sweep at each turn, 60 s solves of ResNet-50 at 1/3 went from
+# +24.25 to +18.92 % and U-Net at 1/3 from +42.63 to +39.98 %, but GoogLeNet at 1/2 from
+# +7.08 to +7.75 %, and the 10-budget ResNet-50 sweep (27 s a budget) lost 0.3-1.1 points
+# at 0.7-0.45; with each forward-op turn held to FORWARD_TURN_SHARE of the time left, the
+# sweep is within 0.3 point of the planner before at 0.7-0.35 except 0.45 (+13.00 ->
+# +14.08 %) and at +28.24 % instead of +34.28 and +35.47 % at 0.3 and 0.25, ResNet-50 at
+# 1/3 is at +20.97 %. A forward-op sweep only after a stage sweep that gained under
 # SWEEP_MIN_GAIN left ResNet-50 at 1/3 at +24.25 %. The first forward-op windows are
 # 1/FORWARD_WINDOW_PARTS of the forward pass.
 FORWARD_WINDOW_PARTS = 8
+# One turn of forward-op windows takes at most this share of the time left; a sweep cut
+# short goes on where it stopped at the kind's next turn.
+FORWARD_TURN_SHARE = 0.5
 NEIGHBOURHOODS = ("stages", "forward ops")
 
 
@@ -110,15 +117,20 @@ class _Neighbourhood:
     last: np.ndarray
     extent: int  # places in all: a window this wide is the whole problem
     width: int
+    turn_share: float = 1.0  # of the time left, the most one turn of this kind may take
     first_width: int = 0
+    pending: list[int] = field(default_factory=list)  # windows left of the current sweep
+    sweep_start: float = 0.0  # the objective when the current sweep began
+    improved: bool = False  # whether the current sweep found a better plan
 
     def __post_init__(self) -> None:
         self.first_width = self.width
 
-    def windows(self) -> range:
-        """The windows' first places, for one sweep (from the last, by half a window)."""
+    def begin_sweep(self, objective: float) -> None:
+        """Queue the windows of a new sweep (from the last place, by half a window)."""
         stride = max(1, self.width // 2)
-        return range(max(self.extent - self.width, 0), -stride, -stride)
+        self.pending = list(range(max(self.extent - self.width, 0), -stride, -stride))
+        self.sweep_start, self.improved = objective, False
 
 
 def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, backend: str,
@@ -151,7 +163,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                  "window", *_spans(milp, _stage_places(milp, graph)), K, window),
              "forward ops": lambda: _Neighbourhood(
                  "forward-op window", *_spans(milp, _forward_places(milp, graph)), F,
-                 max(1, -(-F // FORWARD_WINDOW_PARTS)))}
+                 max(1, -(-F // FORWARD_WINDOW_PARTS)), FORWARD_TURN_SHARE)}
     sweep_kinds = [kinds[name]() for name in neighbourhoods]
     variables = vectors.variables[:vectors.columns]
     bounds = {v.name: (v.lowBound, v.upBound) for v in variables}
@@ -201,9 +213,14 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
             near = sweep_kinds[sweeps % len(sweep_kinds)]  # the kinds take turns
             staged = near.last >= 0  # the others (auxiliaries, the peak) are never fixed
             whole = near.width >= near.extent
-            improved_this_sweep = proved = False
-            sweep_start = best_obj
-            for lo in near.windows():
+            if not near.pending:
+                near.begin_sweep(best_obj)
+            turn_ends = deadline if whole else time.perf_counter() + near.turn_share * (
+                deadline - time.perf_counter())
+            proved = False
+            while near.pending and (near.turn_share >= 1.0 or
+                                    time.perf_counter() < turn_ends):
+                lo = near.pending.pop(0)
                 take_up(sweeps == 0)
                 if full is not None and full.proved_optimal:
                     return best, improved
@@ -236,14 +253,16 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 proved = status == "optimal"
                 if status in ("optimal", "feasible") and better(
                         milp.decisions(K), f"{near.name} {max(lo, 0)}-{hi - 1}"):
-                    improved_this_sweep = True
+                    near.improved = True
                     if full is not None:
                         full.offer(best)
             sweeps += 1
-            if whole and (proved or not improved_this_sweep):
+            if near.pending:
+                continue  # its turn is over: the next turn of this kind goes on from here
+            if whole and (proved or not near.improved):
                 return best, improved
-            if not whole and (not improved_this_sweep or
-                              sweep_start - best_obj < SWEEP_MIN_GAIN * abs(sweep_start)):
+            if not whole and (not near.improved or near.sweep_start - best_obj <
+                              SWEEP_MIN_GAIN * abs(near.sweep_start)):
                 near.width *= 2
     finally:
         for v in variables:
