@@ -59,7 +59,7 @@ FIRST_SWEEP_TAKE_UP = 0.75
 # at 0.7-0.45; with each forward-op turn held to FORWARD_TURN_SHARE of the time left, the
 # sweep is within 0.3 point of the planner before at 0.7-0.35 except 0.45 (+13.00 ->
 # +14.08 %) and at +28.24 % instead of +34.28 and +35.47 % at 0.3 and 0.25, ResNet-50 at
-# 1/3 is at +20.97 %. A forward-op sweep only after a stage sweep that gained under
+# 1/3 is at +20.97 and +22.03 % (two runs). A forward-op sweep only after a stage sweep that gained under
 # SWEEP_MIN_GAIN left ResNet-50 at 1/3 at +24.25 %. The first forward-op windows are
 # 1/FORWARD_WINDOW_PARTS of the forward pass.
 FORWARD_WINDOW_PARTS = 8
