@@ -59,9 +59,9 @@ FIRST_SWEEP_TAKE_UP = 0.75
 # at 0.7-0.45; with each forward-op turn held to FORWARD_TURN_SHARE of the time left, the
 # sweep is within 0.3 point of the planner before at 0.7-0.35 except 0.45 (+13.00 ->
 # +14.08 %) and at +28.24 % instead of +34.28 and +35.47 % at 0.3 and 0.25, ResNet-50 at
-# 1/3 is at +20.97 and +22.03 % (two runs). A forward-op sweep only after a stage sweep that gained under
-# SWEEP_MIN_GAIN left ResNet-50 at 1/3 at +24.25 %. The first forward-op windows are
-# 1/FORWARD_WINDOW_PARTS of the forward pass.
+# 1/3 is at +20.97 and +22.03 % (two runs). A forward-op sweep only after a stage sweep
+# that gained under SWEEP_MIN_GAIN left ResNet-50 at 1/3 at +24.25 %. The first forward-op
+# windows are 1/FORWARD_WINDOW_PARTS of the forward pass.
 FORWARD_WINDOW_PARTS = 8
 # One turn of forward-op windows takes at most this share of the time left; a sweep cut
 # short goes on where it stopped at the kind's next turn.
@@ -118,10 +118,11 @@ class _Neighbourhood:
     extent: int  # places in all: a window this wide is the whole problem
     width: int
     turn_share: float = 1.0  # of the time left, the most one turn of this kind may take
-    first_width: int = 0
-    pending: list[int] = field(default_factory=list)  # windows left of the current sweep
-    sweep_start: float = 0.0  # the objective when the current sweep began
-    improved: bool = False  # whether the current sweep found a better plan
+    # The search's own state:
+    first_width: int = field(init=False, default=0)  # the width it started with
+    pending: list[int] = field(init=False, default_factory=list)  # windows of this sweep
+    sweep_start: float = field(init=False, default=0.0)  # the objective when it began
+    improved: bool = field(init=False, default=False)  # whether it found a better plan
 
     def __post_init__(self) -> None:
         self.first_width = self.width
@@ -257,8 +258,12 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                     if full is not None:
                         full.offer(best)
             sweeps += 1
-            if near.pending:
-                continue  # its turn is over: the next turn of this kind goes on from here
+            if near.pending:  # its turn is over: the next turn of this kind goes on from here
+                if deadline - time.perf_counter() < 1.0:
+                    # A turn cut short may have run no window (a solve overran the
+                    # deadline); without this, turns of no window would follow forever.
+                    return best, improved
+                continue
             if whole and (proved or not near.improved):
                 return best, improved
             if not whole and (not near.improved or near.sweep_start - best_obj <

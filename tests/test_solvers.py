@@ -103,6 +103,19 @@ def test_forward_op_windows_alone_make_a_plan_faster(resnet18_windows):
                for v in milp.problem.variables())
 
 
+@pytest.mark.parametrize("neighbourhoods", [("forward ops",), ("stages", "forward ops")])
+def test_windows_return_the_start_when_no_time_is_left(neighbourhoods, resnet18_windows):
+    """With its time already spent (a window's solve can overrun the deadline), the search
+    returns its start at once, whatever kinds of window it takes turns with. Until
+    2026-12-06 a search of forward-op windows alone started turns of no window forever."""
+    _, graph, milp, _, start, _ = resnet18_windows
+    t0 = time.perf_counter()
+    found, steps = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 0.0,
+                                      neighbourhoods=neighbourhoods)
+    assert time.perf_counter() - t0 < 5.0
+    assert found is start and steps == 0
+
+
 def test_whole_solve_on_the_window_model_is_pulps():
     """``PersistentHiGHS.solve_whole`` (the first solve of the MILP search, on the model the
     windows then re-solve) proves the same optimum as PuLP's HiGHS solve of the problem,
