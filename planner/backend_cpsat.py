@@ -6,7 +6,10 @@ highspy cannot be loaded into one process). CP-SAT needs integer coefficients: a
 fractional coefficients (the memory rows, in MiB) is multiplied by ``ROW_SCALE`` and
 rounded *conservatively* (coefficients of binaries up, the right-hand side down), so every
 CP-SAT solution is feasible for the original rows; continuous variables (the peak) become
-integers in units of ``1 / ROW_SCALE``. The objective is scaled so that its smallest
+integers in units of ``1 / ROW_SCALE``, except those some optimum holds at integers anyway
+(``implied_integers``: the stage MILP's 0/1 auxiliaries, whose memory coefficients scaled
+to units of 1/1024 rounded to 0 before, so that CP-SAT's plans broke the budget). The
+objective is scaled so that its smallest
 coefficient is ``OBJECTIVE_RESOLUTION`` units and rounded; the reported objective is
 recomputed exactly from the solution, the bound is scaled back.
 """
@@ -37,17 +40,61 @@ def _integral(x: float) -> bool:
     return abs(x - round(x)) <= 1e-9
 
 
+def implied_integers(problem: pulp.LpProblem) -> set[str]:
+    """Names of the continuous variables of ``problem`` (minimised) that can be made integer
+    without losing an optimum: rounding every one of them down keeps any solution feasible
+    and no worse. A variable qualifies when its objective coefficient is >= 0, its lower
+    bound a nonnegative integer (the rounding of rows below is conservative only for
+    nonnegative variables), it is in no equality, and in each row (as ``a x >= b``)
+    either its coefficient is <= 0 (larger values only hurt), or it is 1 and the row is
+    otherwise integral (integer coefficients and right-hand side, integer or qualifying
+    variables) with no other variable of positive coefficient among the qualifying ones:
+    then ``v >= b - (the rest)``, an integer that rounding the others down only lowers.
+    The stage MILP's auxiliaries that say a copy lives on (``planner.memory_rows``) are of
+    this kind; those in MiB (a stage's largest memory) are not."""
+    if problem.sense != pulp.LpMinimize:
+        return set()
+    objective = {v.name: a for v, a in problem.objective.items()}
+    candidates = {v.name for v in problem.variables()
+                  if v.cat not in (pulp.LpBinary, pulp.LpInteger)
+                  and objective.get(v.name, 0) >= 0
+                  and v.lowBound is not None and v.lowBound >= 0 and _integral(v.lowBound)}
+    rows = []
+    for c in problem.constraints.values():
+        terms = [(v.name, coef) for v, coef in c.items() if coef]
+        if c.sense == pulp.LpConstraintEQ:
+            candidates -= {name for name, _ in terms}
+            continue
+        sign = 1 if c.sense == pulp.LpConstraintGE else -1  # as a x >= b
+        rows.append(([(name, sign * coef) for name, coef in terms], -sign * c.constant))
+    integer = {v.name for v in problem.variables() if v.cat in (pulp.LpBinary, pulp.LpInteger)}
+    changed = True
+    while changed:  # drop the variables that fail, until none does
+        changed = False
+        for terms, rhs in rows:
+            helping = [(name, a) for name, a in terms if name in candidates and a > 0]
+            if not helping:
+                continue
+            integral_row = len(helping) == 1 and helping[0][1] == 1 and _integral(rhs) and all(
+                _integral(a) and (name in integer or name in candidates) for name, a in terms)
+            if not integral_row:
+                candidates -= {name for name, _ in helping}
+                changed = True
+    return candidates
+
+
 def integer_model(problem: pulp.LpProblem) -> tuple[dict, list[pulp.LpVariable], list[int],
                                                      float]:
     """The CP-SAT worker's input for ``problem``: bounds, rows and objective in integers.
     Also returns the variables in order, their scales and the objective's scale."""
     variables = problem.variables()
     index = {v.name: i for i, v in enumerate(variables)}
+    implied = implied_integers(problem)
     bounds, scale = [], []
     for v in variables:
         lo = v.lowBound if v.lowBound is not None else -BIG
         hi = v.upBound if v.upBound is not None else BIG
-        if v.cat in (pulp.LpBinary, pulp.LpInteger):
+        if v.cat in (pulp.LpBinary, pulp.LpInteger) or v.name in implied:
             bounds.append([int(math.ceil(lo)), int(math.floor(hi))])
             scale.append(1)
         else:

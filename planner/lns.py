@@ -237,6 +237,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 limit = left if whole else min(
                     step_limit_s * near.width / near.first_width, left)
                 start_values = best_x[:vectors.columns].tolist()
+                t_window = time.perf_counter()
                 if persistent is not None:
                     status = persistent.solve(
                         {i: start_values[i] for i in fixed}, start_values, limit,
@@ -252,6 +253,9 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                     status = solve_problem(milp.problem, backend, replace(
                         options, time_limit_s=limit, warm_start=True)).status
                 proved = status == "optimal"
+                log.debug("%s %d-%d: %s in %.2f s (limit %.1f s, %d of %d fixed)", near.name,
+                          max(lo, 0), hi - 1, status, time.perf_counter() - t_window, limit,
+                          len(fixed), vectors.columns)
                 if status in ("optimal", "feasible") and better(
                         milp.decisions(K), f"{near.name} {max(lo, 0)}-{hi - 1}"):
                     near.improved = True

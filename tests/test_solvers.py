@@ -52,6 +52,29 @@ def test_cpsat_logs_its_progress(gpt_case, caplog):
     assert any("cpsat" in r.message and "incumbent" in r.message for r in caplog.records)
 
 
+def test_cpsat_solution_keeps_every_row_of_the_stage_milp(gpt_case):
+    """CP-SAT's answer satisfies the PuLP rows themselves, memory rows included. Until
+    2026-12-06 the 0/1 auxiliaries (continuous in PuLP) were scaled to units of 1/1024 and
+    their memory coefficients rounded to 0 in that unit: CP-SAT kept plans that broke the
+    budget by up to a quarter (gpt_small at 1/2: 352 rows broken), which the simulator
+    then dropped."""
+    from planner.backend_cpsat import implied_integers
+    graph = planner_graph(gpt_case.profile)
+    times = [n.time_s for n in gpt_case.profile.nodes]
+    peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    milp = build_stage_milp(graph, times, int(0.5 * peak))
+    implied = implied_integers(milp.problem)
+    assert implied and {a.var.name for a in milp.aux} > implied  # the MiB maxima are not
+    outcome = solve_problem(milp.problem, "cpsat", SolveOptions(time_limit_s=10))
+    assert outcome.has_solution
+    broken = [name for name, row in milp.problem.constraints.items() if not row.valid(1e-6)]
+    assert broken == []
+    decisions = milp.decisions(len(graph.stages))
+    assert milp.evaluate_peak(decisions) <= milp.budget
+    assert simulate(gpt_case.profile, build_schedule(graph, decisions)).peak_bytes == \
+        milp.evaluate_peak(decisions)
+
+
 @pytest.fixture(scope="module")
 def resnet18_windows():
     """ResNet-18's slowest structural checkpoint plan at a budget it just fits, and what
