@@ -30,7 +30,8 @@ from typing import Any
 from profiler.ir import FORWARD
 from profiler.out_overloads import pointwise_out_overload
 
-from .graph import GETITEM, VARIANT_MODES, PlannerGraph, storage_lifetimes
+from .graph import GETITEM, VARIANT_MODES, PlannerGraph
+from .lifetimes import storage_lifetimes
 
 # Views that keep a contiguous tensor contiguous: writing over one writes the whole storage
 # in its order.

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import pulp
 
-from .graph import END, PlannerGraph, storage_lifetimes
+from .graph import END, PlannerGraph
 from .in_place import InPlaceWrite
+from .lifetimes import storage_lifetimes
 from .lp_terms import linear, plus
 
 # Memory rows are given to the solver in MiB: byte-sized coefficients (up to 1e10) next to
