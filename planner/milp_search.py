@@ -76,8 +76,12 @@ def milp_search(profile: Profile, graph: PlannerGraph, budget_bytes: int, backen
         if from_milp.result.peak_bytes <= budget_bytes:
             fitting.append(from_milp)
     left = remaining - (time.perf_counter() - t_full)
-    incumbent = from_milp if from_milp is not None and from_milp in fitting else \
-        (start if warm else None)
+    incumbent = from_milp if from_milp is not None and from_milp in fitting else None
+    if warm and (incumbent is None or
+                 milp.objective_of(start.decisions) < milp.objective_of(incumbent.decisions)):
+        # HiGHS keeps a warm start; CP-SAT need not (its rows are rounded up, so a start
+        # that just fits may break one): the windows search from the better of the two.
+        incumbent = start
     if outcome.status != "optimal" and incumbent is not None and left > 2.0:
         # The full solve stopped at its limit: improve its plan window by window.
         decisions, steps = improve_by_windows(milp, graph, incumbent.decisions, backend,

@@ -126,6 +126,55 @@ def test_forward_op_windows_alone_make_a_plan_faster(resnet18_windows):
                for v in milp.problem.variables())
 
 
+def test_windows_start_from_the_start_when_the_full_solve_returns_a_slower_plan(
+        resnet18_windows, monkeypatch):
+    """A backend that does not keep the warm start (CP-SAT, CBC) may return a plan slower
+    than it from the full solve: the windows then search from the start, not from that."""
+    import planner.milp_search as milp_search_module
+    from planner.backends import SolveOutcome
+    from planner.candidates import evaluate
+    profile, graph, milp, budget, slow, fast = resnet18_windows
+    assert milp.objective_of(fast) < milp.objective_of(slow)
+
+    def slower_plan(problem, backend, options):
+        milp.set_start(slow)  # a plan that fits, slower than the start
+        return SolveOutcome("feasible", milp.objective_of(slow), None, 0.1)
+
+    searched_from = []
+
+    def windows(milp_, graph_, start, *args, **kwargs):
+        searched_from.append(start)
+        return start, 0
+
+    monkeypatch.setattr(milp_search_module, "solve_problem", slower_plan)
+    monkeypatch.setattr(milp_search_module, "improve_by_windows", windows)
+    fitting = []
+    milp_search_module.milp_search(profile, graph, budget, "cpsat", SolveOptions(),
+                                   evaluate(profile, graph, fast), fitting,
+                                   time.perf_counter() + 30, milp=milp)
+    assert searched_from == [fast]
+
+
+def test_windows_keep_their_set_up_time_within_the_budget(resnet18_windows, monkeypatch):
+    """A backend whose windows take 2 s beyond their solver's limit (CP-SAT's model and
+    process set-up) does not run a window the time left cannot hold: 4 s of windows of
+    0.5 s took 5 s before."""
+    import planner.lns as lns_module
+    from planner.backends import SolveOutcome
+    _profile, graph, milp, _budget, start, _ = resnet18_windows
+
+    def slow_window(problem, backend, options):
+        time.sleep(options.time_limit_s + 2.0)
+        return SolveOutcome("feasible", milp.objective_of(start), None, options.time_limit_s)
+
+    monkeypatch.setattr(lns_module, "solve_problem", slow_window)
+    t0 = time.perf_counter()
+    best, steps = improve_by_windows(milp, graph, start, "cbc", SolveOptions(), 4.0,
+                                     window=8, step_limit_s=0.5)
+    assert time.perf_counter() - t0 <= 4.3
+    assert steps == 0 and best is start
+
+
 @pytest.mark.parametrize("neighbourhoods", [("forward ops",), ("stages", "forward ops")])
 def test_windows_return_the_start_when_no_time_is_left(neighbourhoods, resnet18_windows):
     """With its time already spent (a window's solve can overrun the deadline), the search
