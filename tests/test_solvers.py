@@ -52,6 +52,33 @@ def test_cpsat_logs_its_progress(gpt_case, caplog):
     assert any("cpsat" in r.message and "incumbent" in r.message for r in caplog.records)
 
 
+def test_implied_integers_only_where_rounding_down_keeps_every_row():
+    """Continuous variables bounded below by integral rows of integers (and by each other)
+    are integers at some optimum; one bounded by a fractional row is not, nor are two that
+    share a row each would have to meet."""
+    import pulp
+
+    from planner.backend_cpsat import implied_integers
+    a, b = pulp.LpVariable("a", cat="Binary"), pulp.LpVariable("b", cat="Binary")
+    z, y, w = (pulp.LpVariable(n, lowBound=0) for n in "zyw")
+    problem = pulp.LpProblem("implied", pulp.LpMinimize)
+    problem += a + 0.5 * b + 0.1 * z
+    problem += z >= a + b - 1  # z is 1 when both are
+    problem += y >= z - b  # y follows z
+    problem += w >= 0.5 * a  # w may be 0.5 at its minimum
+    problem += 0.3 * a + 0.7 * z + 0.2 * w + 0.1 * y <= 1  # larger values only hurt here
+    assert implied_integers(problem) == {"z", "y"}
+    u, v = pulp.LpVariable("u", lowBound=0), pulp.LpVariable("v", lowBound=0)
+    shared = pulp.LpProblem("shared", pulp.LpMinimize)
+    shared += u + v
+    shared += u + v >= 1  # u = v = 0.5 rounds down to 0 + 0 < 1
+    assert implied_integers(shared) == set()
+    maximised = pulp.LpProblem("max", pulp.LpMaximize)
+    maximised += -z
+    maximised += z >= a
+    assert implied_integers(maximised) == set()
+
+
 def test_cpsat_solution_keeps_every_row_of_the_stage_milp(gpt_case):
     """CP-SAT's answer satisfies the PuLP rows themselves, memory rows included. Until
     2026-12-06 the 0/1 auxiliaries (continuous in PuLP) were scaled to units of 1/1024 and
