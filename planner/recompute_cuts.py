@@ -12,6 +12,14 @@ The relaxation of ``planner.formulation`` is weak in three ways these rows close
   and partly by o recomputed at k, each path backed by its own share of o's input (and of
   that input's creator's inputs, up the graph); ``_need_cuts`` counts the sources once.
 
+Not closed: *knapsack across stages*. The relaxation recomputes slivers of a tensor at
+stages where memory is slack, gathers them (each step obeys the carry and dependency rows,
+and the recomputations are paid in full), and holds the gathered fraction through the tight
+stages, where a plan holds all of it or none. On ``gpt_small`` at 1/2 of its peak
+(2026-12-06, ad hoc) ``mul_3`` is recomputed at 0.05 a stage over stages 6-10, then 0.38 at
+11 and 13, and 0.62 of it is held at 12-13; the LP with every row is at +15.50 % of the step,
+HiGHS's bound after 240 s +16.17 %, the best plan found +18.90 %.
+
 ``separate`` adds only the rows an LP solution violates, round after round, to a HiGHS
 model: all of them (~9K on ResNet-50) slowed HiGHS's proof on the U-Net at 1/2 from 39 s
 to over 60 s. The LP relaxation with every row, as % of the step (2026-12-06,
