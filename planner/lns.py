@@ -257,10 +257,10 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                     status = solve_problem(milp.problem, backend, replace(
                         options, time_limit_s=limit, warm_start=True)).status
                 proved = status == "optimal"
-                beyond_limit = max(beyond_limit, time.perf_counter() - t_window - limit)
+                took = time.perf_counter() - t_window
+                beyond_limit = max(beyond_limit, took - limit)
                 log.debug("%s %d-%d: %s in %.2f s (limit %.1f s, %d of %d fixed)", near.name,
-                          max(lo, 0), hi - 1, status, time.perf_counter() - t_window, limit,
-                          len(fixed), vectors.columns)
+                          max(lo, 0), hi - 1, status, took, limit, len(fixed), vectors.columns)
                 if status in ("optimal", "feasible") and better(
                         milp.decisions(K), f"{near.name} {max(lo, 0)}-{hi - 1}"):
                     near.improved = True
