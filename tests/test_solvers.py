@@ -11,8 +11,11 @@ import time
 import pytest
 
 from conftest import model_case
+from planner import lns as lns_module
+from planner import milp_search as milp_search_module
 from planner import solve
-from planner.backends import SolveOptions, solve_problem
+from planner.backends import SolveOptions, SolveOutcome, solve_problem
+from planner.candidates import evaluate
 from planner.formulation import build_stage_milp
 from planner.heuristic import checkpoint_decisions, structural_candidates
 from planner.lns import improve_by_windows
@@ -81,9 +84,6 @@ def test_windows_start_from_the_start_when_the_full_solve_returns_a_slower_plan(
         resnet18_windows, monkeypatch):
     """A backend that does not keep the warm start (CP-SAT, CBC) may return a plan slower
     than it from the full solve: the windows then search from the start, not from that."""
-    import planner.milp_search as milp_search_module
-    from planner.backends import SolveOutcome
-    from planner.candidates import evaluate
     profile, graph, milp, budget, slow, fast = resnet18_windows
     assert milp.objective_of(fast) < milp.objective_of(slow)
 
@@ -110,8 +110,6 @@ def test_windows_keep_their_set_up_time_within_the_budget(resnet18_windows, monk
     """A backend whose windows take 2 s beyond their solver's limit (CP-SAT's model and
     process set-up) does not run a window the time left cannot hold: 4 s of windows of
     0.5 s took 5 s before."""
-    import planner.lns as lns_module
-    from planner.backends import SolveOutcome
     _profile, graph, milp, _budget, start, _ = resnet18_windows
 
     def slow_window(problem, backend, options):
