@@ -233,9 +233,12 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 if left < 1.0:
                     return best, improved
                 hi = lo + near.width
-                # Fixed: the variables whose places all lie outside [lo, hi).
-                fixed = np.flatnonzero((staged & ((near.last < lo) | (near.first >= hi)))
-                                       [:vectors.columns]).tolist()
+                # Fixed: the variables whose places all lie outside [lo, hi), and (with
+                # HiGHS) the auxiliaries they alone set.
+                outside = staged & ((near.last < lo) | (near.first >= hi))
+                if persistent is not None:
+                    outside = ~vectors.free_auxiliaries(~outside)
+                fixed = np.flatnonzero(outside[:vectors.columns]).tolist()
                 # A window spanning everything is the whole problem: it gets the rest of
                 # the time (the search then ends, below).
                 limit = left if whole else min(

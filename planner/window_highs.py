@@ -11,9 +11,11 @@ import logging
 import math
 from collections.abc import Callable
 
+import numpy as np
 import pulp
 
 from .progress import ProgressLog
+from .window_model import RowMatrix
 
 log = logging.getLogger(__name__)
 
@@ -49,27 +51,61 @@ class PersistentHiGHS:
         self.highs = problem.solverModel
         self.variables = problem.variables()
         self.bounds = [(v.lowBound, v.upBound) for v in self.variables]
+        self._lower = np.array([-math.inf if lo is None else lo for lo, _ in self.bounds],
+                               dtype=np.float64)
+        self._upper = np.array([math.inf if hi is None else hi for _, hi in self.bounds],
+                               dtype=np.float64)
+        self._matrix: RowMatrix | None = None  # read at the first window
+        self._window = None  # the highspy model windows are solved on
 
     def solve(self, fixed: dict[int, float], start: list[float], time_limit_s: float,
               stop: Callable[[], bool] | None = None) -> str:
         """Fix the columns in ``fixed`` (index -> value), free the others to their own
-        bounds, start from ``start`` and solve; ``stop``, if given, is asked at HiGHS's
-        interrupt points and ends the run when it says so. Returns the status (optimal,
-        feasible, infeasible or no_solution); a solution's values are in the variables'
-        ``varValue``."""
+        bounds, start from ``start`` (a point that keeps every row) and solve; ``stop``, if
+        given, is asked at HiGHS's interrupt points and ends the run when it says so.
+        Solved as a model of its own (``planner.window_model``): the free columns and the
+        rows they meet. Returns the status (optimal, feasible, infeasible or
+        no_solution); a solution's values, the fixed columns' included, are in the
+        variables' ``varValue``."""
+        import highspy
+        if self._matrix is None:
+            self._matrix = RowMatrix.of(self.highs)
+            self._window = highspy.Highs()
+            self._window.passOptions(self.highs.getOptions())
+        x = np.array(start, dtype=np.float64)
+        free = np.ones(len(x), dtype=bool)
+        if fixed:
+            at = np.fromiter(fixed.keys(), dtype=np.int64, count=len(fixed))
+            x[at] = np.fromiter(fixed.values(), dtype=np.float64, count=len(fixed))
+            free[at] = False
+        if not free.any():
+            self.set_values(x)
+            return "optimal"
+        lp, columns = self._matrix.window(free, x, self._lower, self._upper)
+        window = self._window
+        window.passModel(lp)
+        solution = highspy.HighsSolution()
+        solution.col_value = x[columns].tolist()
+        solution.value_valid = True
+        window.setSolution(solution)
+        window.setOptionValue("time_limit", float(max(time_limit_s, 0.1)))
+
         def interrupt(event) -> None:
             if stop():
                 event.data_in.user_interrupt = True
 
         if stop is not None:
-            self.highs.cbMipInterrupt.subscribe(interrupt)
+            window.cbMipInterrupt.subscribe(interrupt)
+        use_highs_threads(self.threads)
         try:
-            self._run(fixed, start, time_limit_s)
+            window.run()
         finally:
             if stop is not None:
-                self.highs.cbMipInterrupt.unsubscribe(interrupt)
-        self._read_solution()
-        return highs_status(self.highs)
+                window.cbMipInterrupt.unsubscribe(interrupt)
+        if window.getInfo().primal_solution_status >= 2:  # 2: feasible
+            x[columns] = window.getSolution().col_value
+            self.set_values(x)
+        return highs_status(window)
 
     def solve_whole(self, start: list[float] | None, time_limit_s: float
                     ) -> tuple[str, float | None]:
