@@ -175,7 +175,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
     improved = 0
     if backend != "highs":
         persistent = None
-    elif persistent is None:  # one model, re-solved with changed bounds
+    elif persistent is None:  # one model, whose windows are cut out of it
         persistent = PersistentHiGHS(milp.problem, options.gap, options.threads,
                                      options.verbose)
 

@@ -1,9 +1,10 @@
-"""A HiGHS model built once and re-solved with changed bounds (window-by-window steps).
+"""A HiGHS model built once, solved whole or window by window.
 
 PuLP rebuilds the whole solver model on every solve: for the stage MILP of ResNet-50
 (~25K columns, ~42K rows) that is about a second of Python per call, a third of a window
-step's time. Here the model is built once; a step changes column bounds, gives the
-incumbent as the MIP start, and runs.
+step's time. Here the model is built once and its arrays read once; a window step cuts its
+own model out of them (``planner.window_model``), gives the incumbent as the MIP start, and
+runs.
 """
 from __future__ import annotations
 
@@ -129,6 +130,9 @@ class PersistentHiGHS:
 
     def _run(self, fixed: dict[int, float], start: list[float] | None,
              time_limit_s: float) -> None:
+        """Run the whole model with the columns in ``fixed`` fixed (none for
+        ``solve_whole``; a window as ``solve`` ran it until 2026-12-06, which the tests
+        compare ``solve`` with)."""
         import highspy
         inf = highspy.kHighsInf
         lows, highs = [], []
