@@ -179,6 +179,22 @@ def model_case(name: str) -> ModelCase:
     return _CACHE[name]
 
 
+
+def slowest_checkpoint_start(name: str):
+    """``name``'s slowest structural checkpoint plan and the stage MILP (no writes in place)
+    at the budget it just fits: (profile, graph, milp, budget, start)."""
+    from planner.formulation import build_stage_milp
+    from planner.heuristic import structural_candidates
+    from planner.solve import planner_graph
+    profile = model_case(name).profile
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    probe = build_stage_milp(graph, times, 10**15, in_place="none")
+    start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
+                key=probe.objective_of)
+    budget = probe.evaluate_peak(start)  # the start just fits
+    return profile, graph, build_stage_milp(graph, times, budget, in_place="none"), budget, start
+
 @pytest.fixture
 def gpt_case() -> ModelCase:
     return model_case("gpt")

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
-from conftest import model_case
+from conftest import model_case, slowest_checkpoint_start
 from planner import lns as lns_module
 from planner import milp_search as milp_search_module
 from planner import solve
 from planner.backends import SolveOptions, SolveOutcome, solve_problem
 from planner.candidates import evaluate
 from planner.formulation import build_stage_milp
-from planner.heuristic import checkpoint_decisions, structural_candidates
+from planner.heuristic import checkpoint_decisions
 from planner.lns import improve_by_windows
 from planner.progress import relative_gap
 from planner.schedule import baseline_decisions, build_schedule
@@ -33,14 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def resnet18_windows():
     """ResNet-18's slowest structural checkpoint plan at a budget it just fits, and what
     8-stage windows make of it in 8 s: (profile, graph, milp, budget, start, better)."""
-    profile = model_case("resnet18").profile
-    graph = planner_graph(profile)
-    times = [n.time_s for n in profile.nodes]
-    probe = build_stage_milp(graph, times, 10**15, in_place="none")
-    start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
-                key=probe.objective_of)
-    budget = probe.evaluate_peak(start)  # the start just fits
-    milp = build_stage_milp(graph, times, budget, in_place="none")
+    profile, graph, milp, budget, start = slowest_checkpoint_start("resnet18")
     better, _ = improve_by_windows(milp, graph, start, "highs", SolveOptions(), 8.0, window=8)
     return profile, graph, milp, budget, start, better
 

@@ -3,11 +3,8 @@ model with the same columns fixed: the same optimum, at every window of a sweep.
 import numpy as np
 import pytest
 
-from conftest import model_case
+from conftest import slowest_checkpoint_start
 from planner import lns
-from planner.formulation import build_stage_milp
-from planner.heuristic import structural_candidates
-from planner.solve import planner_graph
 from planner.window_highs import PersistentHiGHS, highs_status
 
 
@@ -15,13 +12,7 @@ from planner.window_highs import PersistentHiGHS, highs_status
 def resnet18_start():
     """ResNet-18's stage MILP at a budget its slowest structural checkpoint plan just fits,
     and that plan as a point of it."""
-    profile = model_case("resnet18").profile
-    graph = planner_graph(profile)
-    times = [n.time_s for n in profile.nodes]
-    probe = build_stage_milp(graph, times, 10**15, in_place="none")
-    start = max((d for d in structural_candidates(graph, times) if probe.represents(d)),
-                key=probe.objective_of)
-    milp = build_stage_milp(graph, times, probe.evaluate_peak(start), in_place="none")
+    _, graph, milp, _, start = slowest_checkpoint_start("resnet18")
     return graph, milp, start
 
 
