@@ -114,7 +114,7 @@ class MilpVectors:
     def free_auxiliaries(self, free: np.ndarray) -> np.ndarray:
         """``free`` (a mask over ``variables``: the columns a window may change, every
         auxiliary among them) with the auxiliaries set to false whose every lower
-        expression reads only columns it holds: their least value (``values``'s) is then
+        expression reads only columns the window holds: their least value (``values``'s) is then
         their best, as memory rows only grow with them and the objective does not read
         them. A window's model shrinks to its own rows by them (``planner.window_model``):
         on GoogLeNet half the columns are auxiliaries."""
