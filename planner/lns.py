@@ -237,7 +237,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                 # HiGHS) the auxiliaries they alone set.
                 outside = staged & ((near.last < lo) | (near.first >= hi))
                 if persistent is not None:
-                    outside = ~vectors.free_auxiliaries(~outside)
+                    outside = vectors.held_auxiliaries(outside)
                 fixed = np.flatnonzero(outside[:vectors.columns]).tolist()
                 # A window spanning everything is the whole problem: it gets the rest of
                 # the time (the search then ends, below).

@@ -111,21 +111,21 @@ class MilpVectors:
             x[self.peak_column] = self.largest_row(x) * MIB_SCALE
         return x
 
-    def free_auxiliaries(self, free: np.ndarray) -> np.ndarray:
-        """``free`` (a mask over ``variables``: the columns a window may change, every
-        auxiliary among them) with the auxiliaries set to false whose every lower
-        expression reads only columns the window holds: their least value (``values``'s) is then
-        their best, as memory rows only grow with them and the objective does not read
-        them. A window's model shrinks to its own rows by them (``planner.window_model``):
-        on GoogLeNet half the columns are auxiliaries."""
-        free = free.copy()
+    def held_auxiliaries(self, held: np.ndarray) -> np.ndarray:
+        """``held`` (a mask over ``variables``: the columns a window holds at their value,
+        no auxiliary among them) with the auxiliaries added whose every lower expression
+        reads only held columns: their least value (``values``'s) is then their best, as
+        memory rows only grow with them and the objective does not read them. A window's
+        model shrinks to its own rows by them (``planner.window_model``): on GoogLeNet half
+        the columns are auxiliaries."""
+        held = held.copy()
         for columns, owner, expressions in self._aux_levels:
-            reads_free = np.bincount(expressions.row, weights=free[expressions.column],
+            reads_free = np.bincount(expressions.row, weights=~held[expressions.column],
                                      minlength=len(expressions.constant)) > 0
             changes = np.zeros(len(columns), dtype=bool)
             np.logical_or.at(changes, owner, reads_free)
-            free[columns] = changes
-        return free
+            held[columns] = ~changes
+        return held
 
     def objective_of(self, x: np.ndarray) -> float:
         return float(self.objective_constant + self.objective @ x)

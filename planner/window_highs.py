@@ -51,11 +51,10 @@ class PersistentHiGHS:
         solver.buildSolverModel(problem)  # sets every variable's column index
         self.highs = problem.solverModel
         self.variables = problem.variables()
-        self.bounds = [(v.lowBound, v.upBound) for v in self.variables]
-        self._lower = np.array([-math.inf if lo is None else lo for lo, _ in self.bounds],
-                               dtype=np.float64)
-        self._upper = np.array([math.inf if hi is None else hi for _, hi in self.bounds],
-                               dtype=np.float64)
+        self._lower = np.array([-math.inf if v.lowBound is None else v.lowBound
+                                for v in self.variables], dtype=np.float64)
+        self._upper = np.array([math.inf if v.upBound is None else v.upBound
+                                for v in self.variables], dtype=np.float64)
         self._matrix: RowMatrix | None = None  # read at the first window
         self._window = None  # the highspy model windows are solved on
 
@@ -75,10 +74,9 @@ class PersistentHiGHS:
             self._window.passOptions(self.highs.getOptions())
         x = np.array(start, dtype=np.float64)
         free = np.ones(len(x), dtype=bool)
-        if fixed:
-            at = np.fromiter(fixed.keys(), dtype=np.int64, count=len(fixed))
-            x[at] = np.fromiter(fixed.values(), dtype=np.float64, count=len(fixed))
-            free[at] = False
+        at, values = _fixed_arrays(fixed)
+        x[at] = values
+        free[at] = False
         if not free.any():
             self.set_values(x)
             return "optimal"
@@ -134,17 +132,11 @@ class PersistentHiGHS:
         ``solve_whole``; a window as ``solve`` ran it until 2026-12-06, which the tests
         compare ``solve`` with)."""
         import highspy
-        inf = highspy.kHighsInf
-        lows, highs = [], []
-        for i, (lo, hi) in enumerate(self.bounds):
-            if i in fixed:
-                lows.append(fixed[i])
-                highs.append(fixed[i])
-            else:
-                lows.append(-inf if lo is None else lo)
-                highs.append(inf if hi is None else hi)
+        at, values = _fixed_arrays(fixed)
+        lows, highs = self._lower.copy(), self._upper.copy()
+        lows[at] = highs[at] = values
         n = len(self.variables)
-        self.highs.changeColsBounds(n, list(range(n)), lows, highs)
+        self.highs.changeColsBounds(n, np.arange(n), lows, highs)
         if start is not None:
             solution = highspy.HighsSolution()
             solution.col_value = [float(x) for x in start]
@@ -164,6 +156,12 @@ class PersistentHiGHS:
             return False
         self.set_values(self.highs.getSolution().col_value)
         return True
+
+
+def _fixed_arrays(fixed: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """``fixed`` (column -> value) as an index array and a value array."""
+    return (np.fromiter(fixed.keys(), dtype=np.int64, count=len(fixed)),
+            np.fromiter(fixed.values(), dtype=np.float64, count=len(fixed)))
 
 
 def highs_status(highs) -> str:

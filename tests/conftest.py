@@ -179,7 +179,6 @@ def model_case(name: str) -> ModelCase:
     return _CACHE[name]
 
 
-
 def slowest_checkpoint_start(name: str):
     """``name``'s slowest structural checkpoint plan and the stage MILP (no writes in place)
     at the budget it just fits: (profile, graph, milp, budget, start)."""
@@ -194,6 +193,7 @@ def slowest_checkpoint_start(name: str):
                 key=probe.objective_of)
     budget = probe.evaluate_peak(start)  # the start just fits
     return profile, graph, build_stage_milp(graph, times, budget, in_place="none"), budget, start
+
 
 @pytest.fixture
 def gpt_case() -> ModelCase:

@@ -31,7 +31,7 @@ def test_window_model_has_the_whole_models_optimum(resnet18_start):
     compared = 0
     for lo in range(K - 8, -8, -8):
         outside = staged & ((last < lo) | (first >= lo + 8))
-        held = ~vectors.free_auxiliaries(~outside)
+        held = vectors.held_auxiliaries(outside)
         assert (held >= outside).all() and held.sum() > outside.sum()
         start_values = x[:vectors.columns].tolist()
         status = window.solve({i: start_values[i] for i in np.flatnonzero(
