@@ -41,6 +41,10 @@ MARGIN_S = 1.5
 # building its problem and stops MARGIN_S early, so it would have a few seconds at most
 # for the cost of a process start.
 PARALLEL_MIN_LIMIT_S = 15.0
+# At this share of its limit, a worker whose branch and bound has not closed its gap to
+# within full_worker.WINDOWS_GAP searches windows instead, beside this process's window
+# search (a budgeted problem only).
+WINDOWS_AFTER = 0.4
 
 
 def parallel_available(options: SolveOptions, backend: str) -> bool:
@@ -50,24 +54,41 @@ def parallel_available(options: SolveOptions, backend: str) -> bool:
         options.time_limit_s >= PARALLEL_MIN_LIMIT_S and (os.cpu_count() or 1) >= 2
 
 
-def write_decisions(path: str, decisions: Decisions) -> None:
-    """``decisions`` as JSON at ``path``, replaced atomically."""
-    data = {"keep": [sorted(k) for k in decisions.keep],
+def _decisions_json(decisions: Decisions) -> dict:
+    return {"keep": [sorted(k) for k in decisions.keep],
             "recompute": [sorted(r) for r in decisions.recompute],
             "variants": {str(e): name for e, name in decisions.variants.items()},
             "in_place": decisions.in_place}
+
+
+def _decisions_of(data: dict) -> Decisions:
+    return Decisions(keep=[set(k) for k in data["keep"]],
+                     recompute=[set(r) for r in data["recompute"]],
+                     variants={int(e): name for e, name in data["variants"].items()},
+                     in_place=data["in_place"])
+
+
+def write_decisions(path: str, decisions: Decisions, base: Decisions | None = None) -> None:
+    """``decisions`` as JSON at ``path``, replaced atomically; with ``base``, the plan its
+    sender's own changes started from (``planner.merge``)."""
+    data = _decisions_json(decisions)
+    if base is not None:
+        data["base"] = _decisions_json(base)
     with open(path + ".tmp", "w") as f:
         json.dump(data, f)
     os.replace(path + ".tmp", path)
 
 
-def read_decisions(path: str) -> Decisions:
+def read_plan(path: str) -> tuple[Decisions, Decisions | None]:
+    """The decisions at ``path`` and the base they were sent with (None if none)."""
     with open(path) as f:
         data = json.load(f)
-    return Decisions(keep=[set(k) for k in data["keep"]],
-                     recompute=[set(r) for r in data["recompute"]],
-                     variants={int(e): name for e, name in data["variants"].items()},
-                     in_place=data["in_place"])
+    return _decisions_of(data), _decisions_of(data["base"]) if "base" in data else None
+
+
+def read_decisions(path: str) -> Decisions:
+    """The decisions at ``path`` (``write_decisions``)."""
+    return read_plan(path)[0]
 
 
 def _float(text: str) -> float | None:
@@ -99,7 +120,8 @@ class FullSolveProcess:
         command = [sys.executable, "-P", WORKER, profile_path, "--dir", self.dir,
                    "--time-limit", repr(max(time_limit_s - MARGIN_S, 0.5)),
                    "--gap", repr(options.gap), "--variants", options.variants]
-        command += ["--lowest"] if budget is None else ["--budget", str(budget)]
+        command += ["--lowest"] if budget is None else \
+            ["--budget", str(budget), "--windows-after", repr(WINDOWS_AFTER)]
         # One thread: the other core is this process's.
         command += ["--threads", str(options.threads or 1)]
         if start is not None:
@@ -181,25 +203,27 @@ class FullSolveProcess:
             log.warning("full MILP's LP relaxation %s unreadable: %s", path, e)
             return None
 
-    def take_plan(self) -> tuple[float, Decisions] | None:
-        """The newest plan found since the last call, and its objective."""
+    def take_plan(self) -> tuple[float, Decisions, Decisions | None] | None:
+        """The newest plan found since the last call: its objective, its decisions and the
+        base its changes started from (None: take it whole)."""
         with self.lock:
             found, self._solution = self._solution, None
         if found is None:
             return None
         try:
-            return found[0], read_decisions(found[1])
+            return (found[0], *read_plan(found[1]))
         except (OSError, ValueError, KeyError) as e:  # removed by stop()
             log.warning("full MILP plan %s unreadable: %s", found[1], e)
             return None
 
-    def offer(self, decisions: Decisions) -> None:
+    def offer(self, decisions: Decisions, base: Decisions | None = None) -> None:
         """Give the worker a plan found here, to prune its search with (it ignores a plan
-        that is no point of its problem)."""
+        that is no point of its problem); ``base``: the plan this side's own changes
+        started from, for a worker searching windows to merge them into its plan."""
         if self.finished:
             return
         try:
-            write_decisions(os.path.join(self.dir, "offer.json"), decisions)
+            write_decisions(os.path.join(self.dir, "offer.json"), decisions, base)
         except OSError as e:  # the worker is gone and its folder with it
             log.debug("offer not written: %s", e)
 
@@ -210,7 +234,8 @@ class FullSolveProcess:
             self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def close(self, wait_s: float) -> tuple[SolveOutcome, tuple[float, Decisions] | None]:
+    def close(self, wait_s: float
+              ) -> tuple[SolveOutcome, tuple[float, Decisions, Decisions | None] | None]:
         """Wait up to ``wait_s`` for the worker to end at its own limit, stop it otherwise;
         return its outcome (the last bound it reported if it had to be stopped) and its
         newest plan not yet taken."""

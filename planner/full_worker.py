@@ -56,6 +56,15 @@ CUT_ROUNDS = 1
 # (gap 47.0 % -> 23.3 %); on the other nine budgets of GoogLeNet, the GPT, ResNet-50 and
 # U-Net the bounds moved by -0.32 to +0.36 points of the step, both ways.
 ADD_REST_ABOVE = 1.0
+# With --windows-after, the branch and bound stops at that share of the limit if its gap is
+# still above WINDOWS_GAP, and this process searches windows too (forward-op windows
+# first, the planner's search starting with stage windows), exchanging plans with the
+# planner's search and merging each other's changes (planner.merge).
+WINDOWS_GAP = 0.05
+# ... once the root node is done (its cuts raise the bound: the GPT with its loss from
+# 0.034 to 0.067 s at 1/3, 18 s into a 60 s solve), or at this share of the limit if
+# it is not.
+ROOT_WAIT = 0.6
 
 
 def _emit(*fields: object) -> None:
@@ -79,6 +88,8 @@ def main() -> None:
     parser.add_argument("--start", help="decisions (JSON) to start from")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--every", type=float, default=0.5)
+    parser.add_argument("--windows-after", type=float,
+                        help="share of the limit after which to search windows instead")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     t0 = time.perf_counter()
@@ -88,7 +99,7 @@ def main() -> None:
 
     from planner.candidates import planner_graph
     from planner.formulation import build_stage_milp
-    from planner.full_solve import read_decisions, write_decisions
+    from planner.full_solve import read_plan, write_decisions
     from planner.heuristic import LPRounding
     from planner.recompute_cuts import recomputation_cuts, separate
     from planner.window_highs import PersistentHiGHS, highs_status
@@ -131,14 +142,23 @@ def main() -> None:
         _emit("LP", "nan", "none")  # none is coming: the planner need not wait
     _emit("CUTS", added, len(made), _number(time.perf_counter() - t0))
 
-    def point(path: str):
-        """The column values of the decisions in ``path``, or None if they are no point.
-        Writes in place only lower the memory rows, so a plan without them is a point of a
+    def offered(path: str):
+        """The decisions in ``path`` and their base, or None if they are no point. Writes
+        in place only lower the memory rows, so a plan without them is a point of a
         problem with them."""
-        decisions = replace(read_decisions(path), in_place=milp.in_place)
+        try:
+            decisions, base = read_plan(path)
+        except (OSError, ValueError, KeyError):  # replaced as it was read: the next one
+            return None
+        decisions = replace(decisions, in_place=milp.in_place)
         if not milp.represents(decisions):
             return None
-        return milp.vectors.values(decisions)[:columns]
+        return decisions, base
+
+    def point(path: str):
+        """The column values of the decisions in ``path``, or None if they are no point."""
+        found = offered(path)
+        return None if found is None else milp.vectors.values(found[0])[:columns]
 
     def elapsed() -> float:
         return time.perf_counter() - t0
@@ -161,8 +181,15 @@ def main() -> None:
         solution.value_valid = True
         h.setSolution(solution)
 
+    switch_at = math.inf if args.windows_after is None else args.windows_after * args.time_limit
+
     def progress(event) -> None:
         d = event.data_out
+        if elapsed() >= switch_at and math.isfinite(d.mip_primal_bound) and \
+                math.isfinite(d.mip_dual_bound) and \
+                (d.mip_node_count > 0 or elapsed() >= ROOT_WAIT * args.time_limit) and \
+                d.mip_primal_bound - d.mip_dual_bound > WINDOWS_GAP * abs(d.mip_primal_bound):
+            event.data_in.user_interrupt = True  # windows from here (below)
         if elapsed() - state["report"] >= args.every:
             state["report"] = elapsed()
             _emit("PROGRESS", _number(elapsed()), _number(d.mip_primal_bound),
@@ -204,8 +231,66 @@ def main() -> None:
     if found and info.objective_function_value < state["best"] - 1e-12:
         # The final plan is reported even if no callback saw it (e.g. the MIP start).
         save(h.getSolution().col_value, info.objective_function_value)
-    _emit("DONE", status, _number(info.objective_function_value if found else math.nan),
-          _number(info.mip_dual_bound), _number(elapsed()))
+    objective = info.objective_function_value if found else math.nan
+    if status == "feasible" and elapsed() >= switch_at and \
+            args.time_limit - elapsed() > 2.0:
+        model.set_values(h.getSolution().col_value)
+        objective = _search_windows(milp, graph, model, offer, offered, state, args,
+                                    args.time_limit - elapsed(), float(info.mip_dual_bound))
+    _emit("DONE", status, _number(objective), _number(info.mip_dual_bound),
+          _number(elapsed()))
+
+
+def _search_windows(milp, graph, model, offer: str, offered, state: dict, args,
+                    seconds: float, bound: float) -> float:
+    """The window search (``planner.lns``) in this process for ``seconds``, from the better
+    of the branch and bound's plan (in ``milp``'s variables) and the planner's newest
+    (``offered(offer)``); its plans are reported as SOLUTION lines with the base their
+    changes started from. Returns the best objective."""
+    from planner.backends import SolveOptions
+    from planner.full_solve import write_decisions
+    from planner.lns import improve_by_windows
+
+    stages = len(graph.stages)
+    start = milp.decisions(stages)  # the branch and bound's plan (in the variables)
+
+    class Exchange:
+        """The planner's search as ``improve_by_windows`` sees a full-MILP worker."""
+
+        proved_optimal = False
+
+        def __init__(self) -> None:
+            self.bound = bound
+            self.seen = 0
+
+        def take_plan(self):
+            try:
+                changed = os.stat(offer).st_mtime_ns
+            except FileNotFoundError:
+                return None
+            if changed == self.seen:
+                return None
+            self.seen = changed
+            found = offered(offer)
+            if found is None:
+                return None
+            return milp.objective_of(found[0]), found[0], found[1]
+
+        def offer(self, decisions, base=None) -> None:
+            state["found"] += 1
+            path = os.path.join(args.dir, f"found_{state['found']}.json")
+            write_decisions(path, decisions, base)
+            state["best"] = milp.objective_of(decisions)
+            _emit("SOLUTION", _number(state["best"]), path)
+
+    exchange = Exchange()
+    newest = exchange.take_plan()
+    if newest is not None and newest[0] < milp.objective_of(start):
+        start = newest[1]
+    best, _ = improve_by_windows(
+        milp, graph, start, "highs", SolveOptions(gap=args.gap, threads=args.threads),
+        seconds, full=exchange, persistent=model, neighbourhoods=("forward ops", "stages"))
+    return milp.objective_of(best)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from .backends import SolveOptions, solve_problem
 from .formulation import StageMILP
 from .full_solve import FullSolveProcess
 from .graph import PlannerGraph
+from .merge import merged_point
 from .progress import ProgressLog
 from .schedule import Decisions
 from .window_highs import PersistentHiGHS
@@ -191,20 +192,29 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
 
     progress = ProgressLog("highs")
 
-    held: tuple[float, Decisions] | None = None  # the worker's newest plan, not taken up
+    # The other side's newest plan not taken up: (objective, decisions, base).
+    held: tuple[float, Decisions, Decisions | None] | None = None
+    origin = start  # the plan this side's own changes started from, sent with its plans
 
     def take_up(first_sweep: bool) -> None:
-        """The full MILP's newest plan, if better (in the first sweep only a proven optimum
-        or one far better than the best here); progress of both searches."""
-        nonlocal held
+        """The other side's newest plan: its changes merged into the best here, if they
+        came with their base and the merge keeps every row and is better; else the plan
+        itself if better (in the first sweep only a proven optimum or one far better than
+        the best here); progress of both searches."""
+        nonlocal held, origin
         if full is None:
             return
         found = full.take_plan()
         if found is not None:
             held = found
+            merged = None if found[2] is None or persistent is None else \
+                merged_point(milp, persistent, best, found[2], found[1])
+            if merged is not None and better(merged, "merged"):
+                held = None
         if held is not None and (not first_sweep or full.proved_optimal
                                  or held[0] < FIRST_SWEEP_TAKE_UP * best_obj):
-            better(held[1], "full MILP")
+            if better(held[1], "full MILP"):
+                origin = best
             held = None
         progress.update(best_obj, full.bound)
 
@@ -268,7 +278,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
                         milp.decisions(K), f"{near.name} {max(lo, 0)}-{hi - 1}"):
                     near.improved = True
                     if full is not None:
-                        full.offer(best)
+                        full.offer(best, origin)
             sweeps += 1
             if near.pending:  # its turn is over: the next turn of this kind goes on from here
                 if deadline - time.perf_counter() < 1.0:

@@ -24,6 +24,7 @@ from .formulation import StageMILP, build_stage_milp
 from .full_solve import FullSolveProcess
 from .graph import PlannerGraph
 from .lns import improve_by_windows
+from .merge import merged_point
 from .schedule import Decisions
 from .window_highs import PersistentHiGHS
 
@@ -187,6 +188,12 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
         outcome = replace(first, bound=tightest_bound(first.bound, outcome.bound))
         if first.status == "infeasible":
             return milp, outcome, None, None
+    if last is not None and decisions is not None and last[2] is not None:
+        # The worker's last changes (it searched windows too), merged into the plan here.
+        merged = merged_point(milp, persistent, decisions, last[2], last[1])
+        if merged is not None and milp.improves(milp.vectors.values(merged),
+                                                _objective(milp, decisions)):
+            decisions = merged
     if last is not None and milp.represents(last[1]) and \
             milp.improves(milp.vectors.values(last[1]), _objective(milp, decisions)):
         decisions = last[1]

@@ -68,10 +68,7 @@ class PersistentHiGHS:
         no_solution); a solution's values, the fixed columns' included, are in the
         variables' ``varValue``."""
         import highspy
-        if self._matrix is None:
-            self._matrix = RowMatrix.of(self.highs)
-            self._window = highspy.Highs()
-            self._window.passOptions(self.highs.getOptions())
+        matrix = self._rows()
         x = np.array(start, dtype=np.float64)
         free = np.ones(len(x), dtype=bool)
         at, values = _fixed_arrays(fixed)
@@ -80,7 +77,7 @@ class PersistentHiGHS:
         if not free.any():
             self.set_values(x)
             return "optimal"
-        lp, columns = self._matrix.window(free, x, self._lower, self._upper)
+        lp, columns = matrix.window(free, x, self._lower, self._upper)
         window = self._window
         window.passModel(lp)
         solution = highspy.HighsSolution()
@@ -105,6 +102,23 @@ class PersistentHiGHS:
             x[columns] = window.getSolution().col_value
             self.set_values(x)
         return highs_status(window)
+
+    def _rows(self) -> RowMatrix:
+        """The model's rows as arrays (read at the first call; rows added to the model
+        after it, such as cuts, are not in them) and the model windows are solved on."""
+        if self._matrix is None:
+            import highspy
+            self._matrix = RowMatrix.of(self.highs)
+            self._window = highspy.Highs()
+            self._window.passOptions(self.highs.getOptions())
+        return self._matrix
+
+    def keeps_rows(self, x: np.ndarray) -> bool:
+        """Whether the point ``x`` (the model's columns, in order) keeps every row of the
+        model, within HiGHS's feasibility tolerance's order (``RowMatrix.keeps_rows``); a
+        plan made outside the solver (``planner.merge``) is checked so."""
+        bounds_kept = np.all(x >= self._lower - 1e-9) and np.all(x <= self._upper + 1e-9)
+        return bool(bounds_kept) and self._rows().keeps_rows(x)
 
     def solve_whole(self, start: list[float] | None, time_limit_s: float
                     ) -> tuple[str, float | None]:

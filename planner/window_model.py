@@ -49,6 +49,13 @@ class RowMatrix:
                    np.asarray(lp.col_cost_, dtype=np.float64), float(lp.offset_),
                    list(lp.integrality_), lp.num_row_)
 
+    def keeps_rows(self, x: np.ndarray, tolerance: float = 1e-6) -> bool:
+        """Whether the point ``x`` (every column) keeps every row within ``tolerance``."""
+        activity = np.bincount(self.row, weights=self.value * x[self.column],
+                               minlength=self.num_rows)
+        return bool(np.all(activity >= self.row_lower - tolerance) and
+                    np.all(activity <= self.row_upper + tolerance))
+
     def window(self, free: np.ndarray, x: np.ndarray, lower: np.ndarray, upper: np.ndarray):
         """The model of the columns where ``free`` is true, the others held at ``x``:
         (a highspy ``HighsLp``, the free columns' indices). Rows that meet no free column

@@ -11,11 +11,20 @@ from conftest import assert_same_step, plan_is_exact, train_step
 from planner import solve
 from planner.backend_cpsat import implied_integers
 from planner.backends import SolveOptions, solve_problem
-from planner.formulation import build_stage_milp
+from planner.formulation import StageMILP, build_stage_milp
+from planner.graph import PlannerGraph
 from planner.schedule import baseline_decisions, build_schedule
 from planner.simulator import simulate
 from planner.solve import planner_graph
 from runtime import load_plan
+
+
+def _gpt_stage_milp(gpt_case, share: float) -> tuple[PlannerGraph, StageMILP]:
+    """The GPT case's graph and its stage MILP at ``share`` of its unoptimised peak."""
+    graph = planner_graph(gpt_case.profile)
+    times = [n.time_s for n in gpt_case.profile.nodes]
+    peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    return graph, build_stage_milp(graph, times, int(share * peak))
 
 
 def test_cpsat_backend_gives_a_correct_plan(gpt_case):
@@ -34,10 +43,7 @@ def test_cpsat_logs_its_progress(gpt_case, caplog):
     """CP-SAT's incumbents reach the progress log. On the stage MILP directly: inside a
     5-s solve the heuristics may leave CP-SAT a fraction of a second, too little to find a
     plan on a slow machine (it failed so on CI)."""
-    graph = planner_graph(gpt_case.profile)
-    times = [n.time_s for n in gpt_case.profile.nodes]
-    peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
-    milp = build_stage_milp(graph, times, int(0.7 * peak))
+    milp = _gpt_stage_milp(gpt_case, 0.7)[1]
     with caplog.at_level(logging.INFO, logger="planner.progress"):
         outcome = solve_problem(milp.problem, "cpsat", SolveOptions(time_limit_s=5))
     assert outcome.has_solution
@@ -74,10 +80,7 @@ def test_cpsat_solution_keeps_every_row_of_the_stage_milp(gpt_case):
     their memory coefficients rounded to 0 in that unit: CP-SAT kept plans that broke the
     budget by up to a quarter (gpt_small at 1/2: 352 rows broken), which the simulator
     then dropped."""
-    graph = planner_graph(gpt_case.profile)
-    times = [n.time_s for n in gpt_case.profile.nodes]
-    peak = simulate(gpt_case.profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
-    milp = build_stage_milp(graph, times, int(0.5 * peak))
+    graph, milp = _gpt_stage_milp(gpt_case, 0.5)
     implied = implied_integers(milp.problem)
     assert implied and {a.var.name for a in milp.aux} > implied  # the MiB maxima are not
     outcome = solve_problem(milp.problem, "cpsat", SolveOptions(time_limit_s=10))

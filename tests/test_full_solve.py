@@ -33,6 +33,22 @@ def worker_at_short_limits(monkeypatch):
     monkeypatch.setattr(full_solve_module, "PARALLEL_MIN_LIMIT_S", 0.0)
 
 
+def _resnet18_with_a_plan(share: float):
+    """ResNet-18's profile, its stage MILP at ``share`` of its unoptimised peak, and the
+    fastest checkpoint plan that fits it."""
+    profile = model_case("resnet18").profile
+    graph = planner_graph(profile)
+    times = [n.time_s for n in profile.nodes]
+    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
+    milp = build_stage_milp(graph, times, int(share * peak))
+    offered = min((replace(d, in_place=milp.in_place)
+                   for d in structural_candidates(graph, times)),
+                  key=lambda d: (not milp.represents(d) or milp.evaluate_peak(d) > milp.budget,
+                                 milp.objective_of(d) if milp.represents(d) else 0))
+    assert milp.represents(offered) and milp.evaluate_peak(offered) <= milp.budget
+    return profile, milp, offered
+
+
 def test_plans_travel_both_ways():
     """The worker builds the problem from the profile; a plan offered to it comes back as
     its incumbent (or a better one), as decisions that are a point of the same problem
@@ -44,16 +60,7 @@ def test_plans_travel_both_ways():
     and at 4 s came back with ``no_solution``, 2 runs of 2, as in CI on two loaded cores
     at 8 s.)"""
     limit_s = 5.0
-    profile = model_case("resnet18").profile
-    graph = planner_graph(profile)
-    times = [n.time_s for n in profile.nodes]
-    peak = simulate(profile, build_schedule(graph, baseline_decisions(graph))).peak_bytes
-    milp = build_stage_milp(graph, times, int(0.75 * peak))
-    offered = min((replace(d, in_place=milp.in_place)
-                   for d in structural_candidates(graph, times)),
-                  key=lambda d: (not milp.represents(d) or milp.evaluate_peak(d) > milp.budget,
-                                 milp.objective_of(d) if milp.represents(d) else 0))
-    assert milp.represents(offered) and milp.evaluate_peak(offered) <= milp.budget
+    profile, milp, offered = _resnet18_with_a_plan(0.75)
     full = FullSolveProcess(profile, milp.budget, limit_s, SolveOptions())
     try:
         full.offer(offered)
@@ -64,11 +71,36 @@ def test_plans_travel_both_ways():
     assert outcome.bound is None or outcome.bound <= outcome.objective + 1e-9
     assert outcome.objective <= milp.objective_of(offered) + 1e-9
     assert last is not None
-    objective, decisions = last
+    objective, decisions, _base = last
     assert milp.represents(decisions)
     assert milp.objective_of(decisions) == pytest.approx(objective, rel=1e-6, abs=1e-9)
     assert milp.evaluate_peak(decisions) <= milp.budget * (1 + 1e-6)
     assert not os.path.exists(full.dir)
+
+
+@needs_two_cores
+def test_a_worker_searching_windows_sends_its_changes_with_their_base(monkeypatch):
+    """A worker whose branch and bound has not closed its gap by WINDOWS_AFTER of its limit
+    searches windows from the plan offered: its plans come with the base its changes
+    started from, both points of the problem, and the plan is better than the offer and
+    keeps the budget."""
+    monkeypatch.setattr(full_solve_module, "WINDOWS_AFTER", 0.0)
+    limit_s = 8.0
+    profile, milp, offered = _resnet18_with_a_plan(0.6)
+    full = FullSolveProcess(profile, milp.budget, limit_s, SolveOptions())
+    try:
+        full.offer(offered)
+        outcome, last = full.close(limit_s + 4.0)
+    finally:
+        full.stop()
+    assert outcome.status == "feasible", outcome
+    assert last is not None, outcome
+    objective, decisions, base = last
+    assert base is not None, (outcome, objective)  # the newest plan came from a window
+    assert milp.represents(base) and milp.represents(decisions)
+    assert objective == pytest.approx(milp.objective_of(decisions), rel=1e-6, abs=1e-9)
+    assert objective < milp.objective_of(offered)
+    assert milp.evaluate_peak(decisions) <= milp.budget
 
 
 def test_the_worker_starts_without_torch(tmp_path):
