@@ -12,13 +12,18 @@ on stderr, one line each:
   (``planner.heuristic.LPRounding``, JSON), so that the planner need not solve the same LP
   on its own core;
 * ``SOLUTION <objective> <path>``: an improving plan, saved as decisions (JSON); the path
-  is the rest of the line;
+  is the rest of the line. Plans of its window search (below) carry their base, the plan
+  their changes started from (``planner.merge``);
 * ``DONE <status> <objective> <bound> <seconds>`` at the end.
 
 Plans the planner finds meanwhile, written as decisions to ``<dir>/offer.json`` (replaced
 atomically), are given to HiGHS as user solutions when they are points of this problem, so
 its tree search prunes with the best plan either side has. Plans travel as decisions, not
 column vectors, so the planner never builds this problem itself.
+
+With ``--windows-after`` (budgeted problems), a tree search that has not closed its gap by
+then stops and this process searches windows (``planner.lns``) beside the planner's,
+merging the changes of the planner's plans, which come with their base, into its own.
 """
 from __future__ import annotations
 

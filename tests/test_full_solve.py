@@ -49,6 +49,18 @@ def _resnet18_with_a_plan(share: float):
     return profile, milp, offered
 
 
+def _worker_given(profile, milp, offered, limit_s: float):
+    """The worker on ``milp``'s budget for ``limit_s``, offered ``offered`` at once: its
+    outcome, its newest plan and the process object (stopped)."""
+    full = FullSolveProcess(profile, milp.budget, limit_s, SolveOptions())
+    try:
+        full.offer(offered)
+        outcome, last = full.close(limit_s + 4.0)
+    finally:
+        full.stop()
+    return outcome, last, full
+
+
 def test_plans_travel_both_ways():
     """The worker builds the problem from the profile; a plan offered to it comes back as
     its incumbent (or a better one), as decisions that are a point of the same problem
@@ -59,14 +71,8 @@ def test_plans_travel_both_ways():
     because it is the MIP start. (Before, the offer was read by HiGHS's callbacks only,
     and at 4 s came back with ``no_solution``, 2 runs of 2, as in CI on two loaded cores
     at 8 s.)"""
-    limit_s = 5.0
     profile, milp, offered = _resnet18_with_a_plan(0.75)
-    full = FullSolveProcess(profile, milp.budget, limit_s, SolveOptions())
-    try:
-        full.offer(offered)
-        outcome, last = full.close(limit_s + 4.0)
-    finally:
-        full.stop()
+    outcome, last, full = _worker_given(profile, milp, offered, 5.0)
     assert outcome.status in ("optimal", "feasible")
     assert outcome.bound is None or outcome.bound <= outcome.objective + 1e-9
     assert outcome.objective <= milp.objective_of(offered) + 1e-9
@@ -85,14 +91,8 @@ def test_a_worker_searching_windows_sends_its_changes_with_their_base(monkeypatc
     started from, both points of the problem, and the plan is better than the offer and
     keeps the budget."""
     monkeypatch.setattr(full_solve_module, "WINDOWS_AFTER", 0.0)
-    limit_s = 8.0
     profile, milp, offered = _resnet18_with_a_plan(0.6)
-    full = FullSolveProcess(profile, milp.budget, limit_s, SolveOptions())
-    try:
-        full.offer(offered)
-        outcome, last = full.close(limit_s + 4.0)
-    finally:
-        full.stop()
+    outcome, last, _ = _worker_given(profile, milp, offered, 8.0)
     assert outcome.status == "feasible", outcome
     assert last is not None, outcome
     objective, decisions, base = last

@@ -159,7 +159,8 @@ def test_whole_solve_on_the_window_model_is_pulps():
 
 class _FakeWorker:
     """Stands in for the full MILP process: one plan, claimed at ``claimed`` objective,
-    handed over on the first call; every look at its bound (once per window) is logged."""
+    handed over whole (no base) on the first call; every look at its bound (once per
+    window) is logged."""
 
     proved_optimal = False
 
@@ -170,14 +171,14 @@ class _FakeWorker:
         if self.given:
             return None
         self.given = True
-        return self.claimed, self.plan
+        return self.claimed, self.plan, None
 
     @property
     def bound(self):
         logging.getLogger("test.worker").info("window boundary")
         return None
 
-    def offer(self, decisions) -> None:
+    def offer(self, decisions, base=None) -> None:
         pass
 
 
@@ -202,6 +203,30 @@ def test_first_sweep_takes_up_only_a_far_better_worker_plan(far_better, resnet18
         assert looks_before == 0  # taken up at the first window
     else:  # after the first sweep, or never (the windows found as good a plan)
         assert looks_before is None or looks_before >= first_sweep_windows
+
+
+def test_a_worker_plan_with_its_base_is_merged_even_in_the_first_sweep(resnet18_windows,
+                                                                       caplog):
+    """A worker plan sent with the base its changes started from is merged into the best
+    plan here at once, in the first sweep too, where the same plan whole would wait
+    (claimed not far better); the search returns a plan at least as good as the merge,
+    which keeps the budget."""
+    _, graph, milp, budget, start, worker_plan = resnet18_windows
+
+    class SendsItsChanges(_FakeWorker):
+        def take_plan(self):
+            found = super().take_plan()
+            return None if found is None else (*found[:2], start)
+
+    with caplog.at_level(logging.INFO, logger="planner.lns"):
+        best, _ = improve_by_windows(
+            milp, graph, start, "highs", SolveOptions(), 2.0, window=8,
+            full=SendsItsChanges(worker_plan, 0.99 * milp.objective_of(start)))
+    lines = [r.message for r in caplog.records if r.name == "planner.lns"]
+    assert lines and lines[0].startswith("merged: objective")
+    assert not any(m.startswith("full MILP") for m in lines)
+    assert milp.objective_of(best) <= milp.objective_of(worker_plan) + 1e-9
+    assert milp.evaluate_peak(best) <= budget
 
 
 def test_a_window_spanning_every_stage_gets_the_rest_of_the_time(resnet18_windows):
