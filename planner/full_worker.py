@@ -200,30 +200,36 @@ def main() -> None:
             _emit("PROGRESS", _number(elapsed()), _number(d.mip_primal_bound),
                   _number(d.mip_dual_bound))
 
-    def save(values, objective: float) -> None:
-        model.set_values(values)
+    def report(decisions, objective: float, base=None) -> None:
+        """An improving plan, as a SOLUTION line and its file (with ``base``, if any)."""
         state["found"] += 1
         state["best"] = objective
         path = os.path.join(args.dir, f"found_{state['found']}.json")
-        write_decisions(path, milp.decisions(stages))
+        write_decisions(path, decisions, base)
         _emit("SOLUTION", _number(objective), path)
+
+    def save(values, objective: float) -> None:
+        model.set_values(values)
+        report(milp.decisions(stages), objective)
 
     def improving(event) -> None:
         save(np.asarray(event.data_out.mip_solution), event.data_out.mip_primal_bound)
         state["report"] = -math.inf
         progress(event)
 
-    def user_solution(event) -> None:
+    def newer_offer(seen: int):
+        """The offer's modification time and, if it changed since ``seen``, its decisions
+        and base (``offered``); None if it did not, is gone or is no point."""
         try:
             changed = os.stat(offer).st_mtime_ns
         except FileNotFoundError:
-            return
-        if changed == state["offer"]:
-            return
-        state["offer"] = changed
-        values = point(offer)
-        if values is not None:
-            event.data_in.setSolution(values)
+            return seen, None
+        return changed, None if changed == seen else offered(offer)
+
+    def user_solution(event) -> None:
+        state["offer"], found = newer_offer(state["offer"])
+        if found is not None:
+            event.data_in.setSolution(milp.vectors.values(found[0])[:columns])
             event.data_in.user_has_solution = True
 
     h.cbMipInterrupt.subscribe(progress)
@@ -240,24 +246,21 @@ def main() -> None:
     if status == "feasible" and elapsed() >= switch_at and \
             args.time_limit - elapsed() > 2.0:
         model.set_values(h.getSolution().col_value)
-        objective = _search_windows(milp, graph, model, offer, offered, state, args,
-                                    args.time_limit - elapsed(), float(info.mip_dual_bound))
+        objective = _search_windows(milp, graph, model, milp.decisions(stages), newer_offer,
+                                    report, args, args.time_limit - elapsed(),
+                                    float(info.mip_dual_bound))
     _emit("DONE", status, _number(objective), _number(info.mip_dual_bound),
           _number(elapsed()))
 
 
-def _search_windows(milp, graph, model, offer: str, offered, state: dict, args,
-                    seconds: float, bound: float) -> float:
+def _search_windows(milp, graph, model, start, newer_offer, report, args, seconds: float,
+                    bound: float) -> float:
     """The window search (``planner.lns``) in this process for ``seconds``, from the better
-    of the branch and bound's plan (in ``milp``'s variables) and the planner's newest
-    (``offered(offer)``); its plans are reported as SOLUTION lines with the base their
-    changes started from. Returns the best objective."""
+    of ``start`` (the branch and bound's plan) and the planner's newest offer
+    (``newer_offer``); its plans are reported (``report``) with the base their changes
+    started from. Returns the best objective."""
     from planner.backends import SolveOptions
-    from planner.full_solve import write_decisions
     from planner.lns import improve_by_windows
-
-    stages = len(graph.stages)
-    start = milp.decisions(stages)  # the branch and bound's plan (in the variables)
 
     class Exchange:
         """The planner's search as ``improve_by_windows`` sees a full-MILP worker."""
@@ -266,27 +269,14 @@ def _search_windows(milp, graph, model, offer: str, offered, state: dict, args,
 
         def __init__(self) -> None:
             self.bound = bound
-            self.seen = 0
+            self.seen = 0  # the offer's time: the newest is read at once
 
         def take_plan(self):
-            try:
-                changed = os.stat(offer).st_mtime_ns
-            except FileNotFoundError:
-                return None
-            if changed == self.seen:
-                return None
-            self.seen = changed
-            found = offered(offer)
-            if found is None:
-                return None
-            return milp.objective_of(found[0]), found[0], found[1]
+            self.seen, found = newer_offer(self.seen)
+            return None if found is None else (milp.objective_of(found[0]), *found)
 
         def offer(self, decisions, base=None) -> None:
-            state["found"] += 1
-            path = os.path.join(args.dir, f"found_{state['found']}.json")
-            write_decisions(path, decisions, base)
-            state["best"] = milp.objective_of(decisions)
-            _emit("SOLUTION", _number(state["best"]), path)
+            report(decisions, milp.objective_of(decisions), base)
 
     exchange = Exchange()
     newest = exchange.take_plan()

@@ -208,7 +208,7 @@ def improve_by_windows(milp: StageMILP, graph: PlannerGraph, start: Decisions, b
         if found is not None:
             held = found
             merged = None if found[2] is None or persistent is None else \
-                merged_point(milp, persistent, best, found[2], found[1])
+                merged_point(milp, persistent, best, found[2], found[1], best_obj)
             if merged is not None and better(merged, "merged"):
                 held = None
         if held is not None and (not first_sweep or full.proved_optimal

@@ -43,13 +43,15 @@ def merged_decisions(target: Decisions, base: Decisions, changed: Decisions) -> 
 
 
 def merged_point(milp: "StageMILP", model: "PersistentHiGHS", target: Decisions,
-                 base: Decisions, changed: Decisions) -> Decisions | None:
+                 base: Decisions, changed: Decisions, incumbent: float | None
+                 ) -> Decisions | None:
     """``merged_decisions(target, base, changed)`` if it is a point of ``milp`` that keeps
-    every row of ``model`` (``milp``'s HiGHS model) and the budget in bytes; else None."""
+    every row of ``model`` (``milp``'s HiGHS model) and the budget in bytes and has an
+    objective below ``incumbent`` (``StageMILP.improves``); else None."""
     merged = merged_decisions(target, base, replace(changed, in_place=target.in_place))
     if not milp.represents(merged):
         return None
     x = milp.vectors.values(merged)
-    if not model.keeps_rows(x[:milp.vectors.columns]) or not milp.improves(x, None):
+    if not model.keeps_rows(x[:milp.vectors.columns]) or not milp.improves(x, incumbent):
         return None
     return merged

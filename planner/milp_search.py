@@ -190,9 +190,9 @@ def _beside(profile: Profile, graph: PlannerGraph, milp: StageMILP, options: Sol
             return milp, outcome, None, None
     if last is not None and decisions is not None and last[2] is not None:
         # The worker's last changes (it searched windows too), merged into the plan here.
-        merged = merged_point(milp, persistent, decisions, last[2], last[1])
-        if merged is not None and milp.improves(milp.vectors.values(merged),
-                                                _objective(milp, decisions)):
+        merged = merged_point(milp, persistent, decisions, last[2], last[1],
+                              _objective(milp, decisions))
+        if merged is not None:
             decisions = merged
     if last is not None and milp.represents(last[1]) and \
             milp.improves(milp.vectors.values(last[1]), _objective(milp, decisions)):

@@ -47,7 +47,7 @@ def test_a_merge_is_taken_only_if_it_keeps_every_row():
     plans = (replace(d, in_place=milp.in_place) for d in structural_candidates(graph, times))
     plan = next(d for d in plans if milp.represents(d) and any(d.recompute)
                 and milp.evaluate_peak(d) <= milp.budget)
-    assert merged_point(milp, model, base, base, plan) == plan
+    assert merged_point(milp, model, base, base, plan, None) == plan
     # A storage the last stage reads, dropped wherever its keep variable there holds:
     # still a point of the problem, but the stage's need row breaks.
     k = len(graph.stages) - 1
@@ -56,4 +56,4 @@ def test_a_merge_is_taken_only_if_it_keeps_every_row():
     dropped = replace(base, keep=[kept - {needed} if milp.keep.get((j, needed)) is variable
                                   else kept for j, kept in enumerate(base.keep)])
     assert milp.represents(dropped)
-    assert merged_point(milp, model, base, base, dropped) is None
+    assert merged_point(milp, model, base, base, dropped, None) is None
