@@ -3,8 +3,9 @@
 With the full-MILP worker searching windows too (``planner.full_worker``), each side
 improves its own copy of the plan; each sends its plan with its *base*, the plan its own
 changes started from. The receiver applies those changes to its plan rather than choosing
-one plan or the other, so neither side's improvements are lost. The merged plan is only a
-candidate: the caller checks every row of the MILP and the budget before it takes it.
+one plan or the other, so neither side's improvements are lost. A merged plan is only a
+candidate: ``merged_point`` returns it only if it keeps every row of the MILP, the budget
+in bytes, and beats the incumbent.
 """
 from __future__ import annotations
 
