@@ -1,14 +1,32 @@
 """What the bench scripts share: results written atomically, so an interrupted run keeps
-the rows it finished and never leaves a half-written file, and budget fractions."""
+the rows it finished and never leaves a half-written file, budget fractions, and the
+benchmark models (the configurations under configs/)."""
 from __future__ import annotations
 
+import glob
 import logging
+import os
 from collections.abc import Callable, Iterable
 
+from profiler.config import ModelConfig
 from profiler.ir import write_atomic
 
-__all__ = ["parse_fraction", "write_atomic", "write_rows_as_they_finish"]
+__all__ = ["config_names", "load_config", "parse_fraction", "write_atomic",
+           "write_rows_as_they_finish"]
 log = logging.getLogger("bench")
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "configs")
+
+
+def config_names() -> list[str]:
+    """The benchmark models: the names of the configurations under configs/, sorted."""
+    return sorted(os.path.splitext(os.path.basename(p))[0]
+                  for p in glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
+
+
+def load_config(name: str) -> ModelConfig:
+    """The configuration ``configs/<name>.yaml``."""
+    return ModelConfig.load(os.path.join(CONFIG_DIR, f"{name}.yaml"))
 
 
 def parse_fraction(text: str) -> float:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import os
 import platform
 import sys
@@ -23,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import write_rows_as_they_finish  # noqa: E402
+from bench.common import config_names, load_config, write_rows_as_they_finish  # noqa: E402
 from planner import recompute_cuts  # noqa: E402
 from planner.formulation import build_stage_milp  # noqa: E402
 from planner.heuristic import solve_relaxation  # noqa: E402
@@ -83,8 +82,7 @@ def render(rows: list[dict], args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    configs = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-    names = [os.path.splitext(os.path.basename(c))[0] for c in configs]
+    names = config_names()
     parser.add_argument("--models", nargs="+", default=names, choices=names)
     parser.add_argument("--depths", nargs="+", type=int, default=[0, 3],
                         help="need-cut depths to solve the LP with every cut at")
@@ -92,7 +90,7 @@ def main() -> None:
                         default=os.path.join(ROOT, "bench/results/lp_bound.md"))
     args = parser.parse_args()
     rows = (row for name in args.models for row in bench_model(
-        ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml")), args.depths))
+        load_config(name), args.depths))
     write_rows_as_they_finish(rows, args.output, lambda done: render(done, args))
 
 

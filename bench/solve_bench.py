@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import os
 import platform
 import statistics
@@ -28,7 +27,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import write_rows_as_they_finish  # noqa: E402
+from bench.common import config_names, load_config, write_rows_as_they_finish  # noqa: E402
 from planner import InfeasibleBudgetError, solve  # noqa: E402
 from planner.backends import SolveOptions  # noqa: E402
 from planner.budget import format_bytes  # noqa: E402
@@ -153,8 +152,7 @@ def spread(rows) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    configs = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-    names = [os.path.splitext(os.path.basename(c))[0] for c in configs]
+    names = config_names()
     parser.add_argument("--models", nargs="+", default=names, choices=names)
     parser.add_argument("--solvers", nargs="+", default=["highs"],
                         choices=["highs", "cbc", "cpsat"])
@@ -168,7 +166,7 @@ def main() -> None:
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     rows = (row for name in args.models for row in bench_model(
-        ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml")), args.solvers,
+        load_config(name), args.solvers,
         args.time_limit, args.variants, args.repeats))
     write_rows_as_they_finish(rows, args.output, lambda done: render(done, args))
 

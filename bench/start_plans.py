@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import glob
 import os
 import platform
 import sys
@@ -28,7 +27,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.common import parse_fraction, write_rows_as_they_finish  # noqa: E402
+from bench.common import (  # noqa: E402
+    config_names,
+    load_config,
+    parse_fraction,
+    write_rows_as_they_finish,
+)
 from planner.candidates import heuristic_candidates, repaired_candidates  # noqa: E402
 from planner.formulation import build_stage_milp  # noqa: E402
 from planner.heuristic import LPRounding, rounded_candidates  # noqa: E402
@@ -144,8 +148,7 @@ def render(rows, args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    configs = sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml")))
-    names = [os.path.splitext(os.path.basename(c))[0] for c in configs]
+    names = config_names()
     parser.add_argument("--models", nargs="+", default=names, choices=names)
     parser.add_argument("--budgets", nargs="+", default=["1/2", "1/3", "1/4"],
                         help="fractions of the unoptimised peak")
@@ -160,7 +163,7 @@ def main() -> None:
     except ValueError as e:
         parser.error(str(e))
     rows = (row for name in args.models for row in bench_model(
-        ModelConfig.load(os.path.join(ROOT, "configs", f"{name}.yaml")), fractions,
+        load_config(name), fractions,
         args.variants, args.repair_s, args.search_s))
     write_rows_as_they_finish(rows, args.output, lambda done: render(done, args))
 
