@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 # The most of the time limit the near-miss repair may take; it stops at the first plan that
 # fits. The GPT with its loss at 1/3 of its peak needs about 25 moves (8 s) from the
 # per-block plans; with a tenth of 60 s it stopped at 5.80 GiB for a 5.57 GiB budget.
+# Half the limit (2026-12-06, the ResNet-50 sweep of bench/sweep_bench.py, 0.66x against
+# 1/3's run at 0.51x): at 0.3 the repair of the 0.35 plan reached the budget (22 moves in
+# 16.9 s, where 12.8 s had stopped at 4.909 GiB for 4.488 GiB) but the plan was no faster
+# (+31.74 % against +31.85 %), and 0.25 ended at +43.81 % against +31.85 %.
 REPAIR_SHARE = 1 / 3
 # The most of the time limit the time-directed search (planner.time_search) may take to make
 # the fastest fitting heuristic plan faster before the MILP starts from it. Measured at 60 s
