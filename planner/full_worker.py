@@ -66,10 +66,38 @@ ADD_REST_ABOVE = 1.0
 # first, the planner's search starting with stage windows), exchanging plans with the
 # planner's search and merging each other's changes (planner.merge).
 WINDOWS_GAP = 0.05
-# ... once the root node is done (its cuts raise the bound: the GPT with its loss from
-# 0.034 to 0.067 s at 1/3, 18 s into a 60 s solve), or at this share of the limit if
-# it is not.
+# It switches once HiGHS has both bounds (its dual bound is -inf while it presolves) and,
+# where less than EARLY_SWITCH_LEFT_S would be left after the switch, once its root node
+# is done (its cuts raise the bound: the GPT with its loss from 0.034 to 0.067 s at 1/3) or
+# at ROOT_WAIT of the limit. Waiting for the root in 60 s solves cost the windows 11-14 s at
+# ResNet-50's 1/3 and 1/4, whose root never finished on a machine at 0.5-0.9x, for 6 % of
+# bound (1/3: 0.01669 to 0.01775 s, from 13.4 to 33.9 s). Not waiting (2026-12-06, paired
+# 60 s solves alternating which ran first, machine at 0.5-0.9x): ResNet-50 at 1/3 +19.06
+# and +20.14 % against +21.65 and +20.48 %, at 1/4 +29.76 and +28.99 % against +30.19 and
+# +30.18 %, GoogLeNet at 1/3 and 1/4 (one pair each) the same plans; bounds 0.4-1.9 %
+# lower. Not waiting at the 10-budget ResNet-50 sweep's limits (bench/sweep_bench.py,
+# 0.48-0.53x against 0.51x): at 16-21 s (0.7-0.55) the same plans (or 0.08-0.18 point
+# slower) with gaps of 22.6-38.7 % against 13.2-21.0 %; at 37-46 s (0.3, 0.25; the
+# worker's 22-27 s after the switch) the tight end at +34.27 and +40.44 % against +31.85 %
+# (0.3 from its own plan: +37.7 % waiting, +55.6 % not). Hence 30 s: the 60 s solves'
+# 34.7 s after the switch, not the sweep's.
+EARLY_SWITCH_LEFT_S = 30.0
 ROOT_WAIT = 0.6
+
+
+def searches_windows_now(elapsed: float, time_limit: float, switch_at: float,
+                         incumbent: float, bound: float, nodes: int) -> bool:
+    """Whether the branch and bound, ``elapsed`` seconds into its ``time_limit``, with its
+    ``incumbent``, its ``bound`` and ``nodes`` explored, stops for the window search: from
+    ``switch_at`` on, with both bounds known and its gap over WINDOWS_GAP; and where less
+    than EARLY_SWITCH_LEFT_S would be left, only once its root node is done or at
+    ROOT_WAIT of the limit."""
+    if elapsed < switch_at or not (math.isfinite(incumbent) and math.isfinite(bound)):
+        return False
+    if incumbent - bound <= WINDOWS_GAP * abs(incumbent):
+        return False
+    return time_limit - switch_at >= EARLY_SWITCH_LEFT_S or nodes > 0 or \
+        elapsed >= ROOT_WAIT * time_limit
 
 
 def _emit(*fields: object) -> None:
@@ -190,10 +218,8 @@ def main() -> None:
 
     def progress(event) -> None:
         d = event.data_out
-        if elapsed() >= switch_at and math.isfinite(d.mip_primal_bound) and \
-                math.isfinite(d.mip_dual_bound) and \
-                (d.mip_node_count > 0 or elapsed() >= ROOT_WAIT * args.time_limit) and \
-                d.mip_primal_bound - d.mip_dual_bound > WINDOWS_GAP * abs(d.mip_primal_bound):
+        if searches_windows_now(elapsed(), args.time_limit, switch_at, d.mip_primal_bound,
+                                d.mip_dual_bound, d.mip_node_count):
             event.data_in.user_interrupt = True  # windows from here (below)
         if elapsed() - state["report"] >= args.every:
             state["report"] = elapsed()

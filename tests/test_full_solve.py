@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -85,6 +86,31 @@ def test_plans_travel_both_ways():
 
 
 @needs_two_cores
+def test_the_worker_leaves_its_tree_for_windows_at_its_switch_time():
+    """A 60 s solve's worker searches windows from its switch time on whether or not its
+    root node is done; at a short limit (the sweep's) only once it is, or at ROOT_WAIT;
+    never before HiGHS has both bounds, nor with its gap already within WINDOWS_GAP."""
+    from planner.full_worker import (
+        EARLY_SWITCH_LEFT_S,
+        ROOT_WAIT,
+        WINDOWS_GAP,
+        searches_windows_now,
+    )
+    plan, bound = 1.0, 0.5  # a gap of 50 %
+    limit, at = 57.8, 0.4 * 57.8
+    assert limit - at >= EARLY_SWITCH_LEFT_S
+    assert not searches_windows_now(at - 1.0, limit, at, plan, bound, 0)
+    assert searches_windows_now(at, limit, at, plan, bound, 0)
+    assert not searches_windows_now(at, limit, at, plan, -math.inf, 0)
+    assert not searches_windows_now(at, limit, at, math.inf, bound, 0)
+    assert not searches_windows_now(at, limit, at, plan, plan * (1 - WINDOWS_GAP / 2), 3)
+    limit, at = 16.0, 0.4 * 16.0
+    assert limit - at < EARLY_SWITCH_LEFT_S
+    assert not searches_windows_now(at, limit, at, plan, bound, 0)
+    assert searches_windows_now(at, limit, at, plan, bound, 1)
+    assert searches_windows_now(ROOT_WAIT * limit, limit, at, plan, bound, 0)
+
+
 def test_a_worker_searching_windows_sends_its_changes_with_their_base(monkeypatch):
     """A worker whose branch and bound has not closed its gap by WINDOWS_AFTER of its limit
     searches windows from the plan offered: its plans come with the base its changes
