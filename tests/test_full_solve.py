@@ -85,7 +85,6 @@ def test_plans_travel_both_ways():
     assert not os.path.exists(full.dir)
 
 
-@needs_two_cores
 def test_the_worker_leaves_its_tree_for_windows_at_its_switch_time():
     """A 60 s solve's worker searches windows from its switch time on whether or not its
     root node is done; at a short limit (the sweep's) only once it is, or at ROOT_WAIT;
@@ -111,6 +110,7 @@ def test_the_worker_leaves_its_tree_for_windows_at_its_switch_time():
     assert searches_windows_now(ROOT_WAIT * limit, limit, at, plan, bound, 0)
 
 
+@needs_two_cores
 def test_a_worker_searching_windows_sends_its_changes_with_their_base(monkeypatch):
     """A worker whose branch and bound has not closed its gap by WINDOWS_AFTER of its limit
     searches windows from the plan offered: its plans come with the base its changes
